@@ -1,0 +1,3 @@
+from relaystream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""The actions: wire request in, TaskService call, wire result out."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from relaystream.api.errors import (
+    INVALID_NOT_EXIST_APP_ID,
+    NO_PERMISSION_FOR_APP,
+    ApiError,
+    invalid_parameter,
+    missing_parameter,
+    task_not_found,
+)
+from relaystream.api.models import StartRelayStreamRequest, TaskKeyRequest, parse
+from relaystream.config import Config
+from relaystream.media.source import SourceError, check_scheme
+from relaystream.media.spec import MediaType, StreamMode
+from relaystream.tasks.model import RelayControl, RelayTask, TaskKey
+from relaystream.tasks.service import StartResult, TaskRequestError, TaskService, TaskView
+
+ALREADY_STARTED = (
+    "The task has been started. Please do not call the startup task interface repeatedly"
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    access_key_id: str
+
+
+Handler = Callable[[Caller, dict[str, Any]], Awaitable[Any]]
+
+
+class Actions:
+    def __init__(self, config: Config, tasks: TaskService) -> None:
+        self._config = config
+        self._tasks = tasks
+
+    def table(self) -> dict[str, Handler]:
+        """Action name → handler; GET is allowed only for the read actions."""
+        return {
+            "StartRelayStream": self.start_relay_stream,
+            "StopRelayStream": self.stop_relay_stream,
+            "GetRelayStream": self.get_relay_stream,
+        }
+
+    read_only_actions = frozenset({"GetRelayStream", "ListRelayStream"})
+
+    def _authorize_app(self, caller: Caller, app_id: str) -> None:
+        if self._config.app(app_id) is None:
+            raise ApiError(INVALID_NOT_EXIST_APP_ID, f"The AppId {app_id} does not exist.")
+        if app_id not in self._config.apps_of(caller.access_key_id):
+            raise ApiError(
+                NO_PERMISSION_FOR_APP,
+                f"The access key {caller.access_key_id} has no permission for AppId {app_id}.",
+            )
+
+    async def start_relay_stream(self, caller: Caller, body: dict[str, Any]) -> str:
+        request = parse(StartRelayStreamRequest, body)
+        self._authorize_app(caller, request.AppId)
+        task = _task_from_request(request)
+        try:
+            result = await self._tasks.start(task)
+        except TaskRequestError as exc:
+            raise invalid_parameter(exc.field, exc.reason) from None
+        return ALREADY_STARTED if result is StartResult.ALREADY_ACTIVE else "ok"
+
+    async def stop_relay_stream(self, caller: Caller, body: dict[str, Any]) -> str:
+        request = parse(TaskKeyRequest, body)
+        self._authorize_app(caller, request.AppId)
+        key = TaskKey(request.AppId, request.RoomId, request.TaskId)
+        if await self._tasks.stop(key) is None:
+            raise task_not_found(key.app_id, key.room_id, key.task_id)
+        return "ok"
+
+    async def get_relay_stream(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        request = parse(TaskKeyRequest, body)
+        self._authorize_app(caller, request.AppId)
+        key = TaskKey(request.AppId, request.RoomId, request.TaskId)
+        view = await self._tasks.get(key)
+        if view is None:
+            raise task_not_found(key.app_id, key.room_id, key.task_id)
+        return {"Task": task_to_wire(view)}
+
+
+def _task_from_request(request: StartRelayStreamRequest) -> RelayTask:
+    control = request.Control
+    try:
+        check_scheme(control.StreamUrl)
+    except SourceError as exc:
+        raise invalid_parameter("Control.StreamUrl", exc.detail) from None
+    transcodes_video = control.StreamMode == StreamMode.TRANSCODE and control.MediaType != 1
+    if transcodes_video:
+        for name in ("VideoWidth", "VideoHeight"):
+            if getattr(control, name) is None:
+                raise missing_parameter(f"Control.{name} (required when StreamMode is 0)")
+    return RelayTask(
+        key=TaskKey(request.AppId, request.RoomId, request.TaskId),
+        user_id=request.UserId,
+        token=request.Token,
+        business_id=request.BusinessId,
+        max_idle_s=request.MaxIdleTime,
+        control=RelayControl(
+            stream_url=control.StreamUrl,
+            media_type=MediaType(control.MediaType),
+            stream_mode=StreamMode(control.StreamMode),
+            start_timestamp_s=control.StartTimeStamp,
+            loop=control.Loop,
+            video_width=control.VideoWidth,
+            video_height=control.VideoHeight,
+            frame_rate=control.FrameRate,
+            bitrate_kbps=control.Bitrate,
+        ),
+    )
+
+
+def task_to_wire(view: TaskView) -> dict[str, Any]:
+    """A task as List/Get show it (never its Token)."""
+    task, control = view.task, view.task.control
+    wire: dict[str, Any] = {
+        "AppId": task.key.app_id,
+        "BusinessId": task.business_id,
+        "RoomId": task.key.room_id,
+        "TaskId": task.key.task_id,
+        "UserId": task.user_id,
+        "Status": int(task.status),
+        "StopReason": task.stop_reason.value if task.stop_reason else "",
+        "StopDetail": task.stop_detail,
+        "CreateTime": task.create_time_ms,
+        "StartTime": task.start_time_ms,
+        "EndTime": task.end_time_ms,
+        "MaxIdleTime": task.max_idle_s,
+        "StreamUrl": control.stream_url,
+        "StreamMode": int(control.stream_mode),
+        "MediaType": int(control.media_type),
+        "StartTimeStamp": control.start_timestamp_s,
+        "Loop": control.loop,
+        "VideoWidth": control.video_width or 0,
+        "VideoHeight": control.video_height or 0,
+        "FrameRate": control.frame_rate,
+        "Bitrate": control.bitrate_kbps or 0,
+    }
+    stats = view.stats
+    if stats is not None:
+        fps, kbps = stats.output_rates()
+        wire["Stats"] = {
+            "Input": _pascal_keys(stats.input),
+            "OutputFrameRate": round(fps, 2),
+            "OutputBitrateKbps": round(kbps, 1),
+            "VideoFramesSent": stats.video_frames_sent,
+            "AudioFramesSent": stats.audio_frames_sent,
+            "BytesSent": stats.bytes_sent,
+            "ReconnectCount": stats.reconnects,
+            "LastError": stats.last_error,
+        }
+    return wire
+
+
+def _pascal_keys(value: Any) -> Any:
+    """``{"frame_rate": ..}`` → ``{"FrameRate": ..}``, recursively."""
+    if isinstance(value, dict):
+        return {
+            "".join(part.capitalize() for part in str(key).split("_")): _pascal_keys(item)
+            for key, item in value.items()
+        }
+    return value

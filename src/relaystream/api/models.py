@@ -1,0 +1,87 @@
+"""Request bodies of the actions, in Volcengine's PascalCase, and their validation.
+
+Field names here are the wire names on purpose: this module is the only place that
+knows them. ``parse`` turns a pydantic failure into the Volcengine error that names the
+field (``MissingParameter`` / ``InvalidParameter``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from relaystream.api.errors import ApiError, invalid_parameter, missing_parameter
+
+ID_PATTERN = r"^[a-zA-Z0-9_@\-\.]{1,128}$"
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class _Body(BaseModel):
+    # Unknown fields are ignored, as Volcengine does, so newer SDKs keep working.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def _even(value: int | None) -> int | None:
+    """Odd sizes are rounded down to even: H.264 4:2:0 needs even dimensions."""
+    return value - value % 2 if value is not None else None
+
+
+class StartControl(_Body):
+    StreamUrl: Annotated[str, Field(min_length=1, max_length=4096)]
+    MediaType: Literal[0, 1, 2] = 0
+    StreamMode: Literal[0, 1] = 0
+    StartTimeStamp: Annotated[int, Field(ge=0)] = 0
+    Loop: bool = False
+    VideoWidth: Annotated[int | None, Field(ge=16, le=1920)] = None
+    VideoHeight: Annotated[int | None, Field(ge=16, le=1920)] = None
+    FrameRate: Annotated[int, Field(ge=1, le=30)] = 15
+    Bitrate: Annotated[int | None, Field(gt=0)] = None
+
+    _round_sizes = field_validator("VideoWidth", "VideoHeight")(_even)
+
+
+class StartRelayStreamRequest(_Body):
+    AppId: Id
+    BusinessId: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_@\-\.]{0,128}$")] = ""
+    RoomId: Id
+    TaskId: Id
+    UserId: Id
+    MaxIdleTime: Annotated[int, Field(ge=5, le=600)] = 300
+    Token: Annotated[str, Field(min_length=1, max_length=4096)]
+    Control: StartControl
+
+
+class TaskKeyRequest(_Body):
+    """StopRelayStream and GetRelayStream: the three ids that name a task."""
+
+    AppId: Id
+    RoomId: Id
+    TaskId: Id
+
+
+_SECRET_FIELDS = frozenset({"Token"})
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse(model: type[Body], data: Any) -> Body:
+    if not isinstance(data, dict):
+        raise invalid_parameter("body", "must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _to_api_error(exc) from None
+
+
+def _to_api_error(exc: ValidationError) -> ApiError:
+    error = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in error["loc"]) or "body"
+    if error["type"] == "missing":
+        return missing_parameter(field)
+    if field in _SECRET_FIELDS:
+        return invalid_parameter(field, error["msg"])
+    value = error.get("input")
+    shown = repr(value) if isinstance(value, int | float | bool) else repr(str(value)[:64])
+    return invalid_parameter(field, f"{error['msg']} (got {shown})")

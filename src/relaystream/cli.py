@@ -1,0 +1,185 @@
+"""The ``relaystream`` command: serve, make tokens, call the API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from relaystream.client import RelayStreamClient, RelayStreamError
+from relaystream.config import Config, ConfigError, demo_config, load_config
+from relaystream.rtc.token import Privilege, generate_token
+from relaystream.server import DEMO_CLIP_NAME, ServerSettings, build_app
+
+_PRIVILEGES = {
+    "publish": Privilege.PUBLISH_STREAM,
+    "publish-audio": Privilege.PUBLISH_AUDIO,
+    "publish-video": Privilege.PUBLISH_VIDEO,
+    "publish-data": Privilege.PUBLISH_DATA,
+    "subscribe": Privilege.SUBSCRIBE_STREAM,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relaystream", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument("--config", type=Path, default=os.environ.get("RELAYSTREAM_CONFIG"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--data-dir", type=Path, default=Path("data"))
+    serve.add_argument("--log-level", default="INFO")
+
+    token = commands.add_parser("token", help="print an RTC AccessToken")
+    token.add_argument("--app-id", required=True)
+    token.add_argument("--app-key", required=True)
+    token.add_argument("--room", required=True)
+    token.add_argument("--user", required=True)
+    token.add_argument(
+        "--privilege",
+        action="append",
+        choices=sorted(_PRIVILEGES),
+        help="repeatable; default: publish and subscribe",
+    )
+    token.add_argument("--expire-s", type=int, default=0, help="lifetime; 0 = never expires")
+
+    api = commands.add_parser(
+        "api",
+        help="call an action, e.g. `relaystream api StartRelayStream '{...}'`",
+        description="Credentials come from RELAYSTREAM_AK / RELAYSTREAM_SK; the endpoint "
+        "from RELAYSTREAM_ENDPOINT (default http://127.0.0.1:8080).",
+    )
+    api.add_argument("action")
+    api.add_argument("body", help="the JSON body")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "token":
+        return _token(args)
+    return _api(args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    names = args.privilege or ["publish", "subscribe"]
+    expire_at = int(time.time()) + args.expire_s if args.expire_s else 0
+    try:
+        token = generate_token(
+            app_id=args.app_id,
+            app_key=args.app_key,
+            room_id=args.room,
+            user_id=args.user,
+            privileges={_PRIVILEGES[name]: expire_at for name in names},
+            expire_at=expire_at,
+        )
+    except ValueError as exc:
+        print(f"relaystream token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _api(args: argparse.Namespace) -> int:
+    access_key, secret = os.environ.get("RELAYSTREAM_AK"), os.environ.get("RELAYSTREAM_SK")
+    if not access_key or not secret:
+        print("relaystream api: set RELAYSTREAM_AK and RELAYSTREAM_SK", file=sys.stderr)
+        return 2
+    endpoint = os.environ.get("RELAYSTREAM_ENDPOINT", "http://127.0.0.1:8080")
+    try:
+        body = json.loads(args.body)
+        result = RelayStreamClient(endpoint, access_key, secret).call(args.action, body)
+    except json.JSONDecodeError as exc:
+        print(f"relaystream api: the body is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    except RelayStreamError as exc:
+        print(f"{exc.code}: {exc.message} (RequestId {exc.request_id})", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"relaystream api: cannot reach {endpoint}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.config:
+            config, demo_created = load_config(args.config), False
+        else:
+            config, demo_created = demo_config(args.data_dir)
+    except ConfigError as exc:
+        print(f"relaystream serve: {exc}", file=sys.stderr)
+        return 2
+    settings = ServerSettings(config=config, data_dir=args.data_dir, host=args.host, port=args.port)
+    if not args.config:
+        print(_demo_banner(settings, demo_created), flush=True)
+    web.run_app(build_app(settings), host=args.host, port=args.port, print=None)
+    return 0
+
+
+def _demo_banner(settings: ServerSettings, created: bool) -> str:
+    config: Config = settings.config
+    access_key, app = config.access_keys[0], config.apps[0]
+    room, relay_user, viewer = "demo", "relay-demo", "viewer-demo"
+    publish_token = generate_token(
+        app_id=app.app_id,
+        app_key=app.app_key,
+        room_id=room,
+        user_id=relay_user,
+        privileges=[Privilege.PUBLISH_STREAM],
+    )
+    subscribe_token = generate_token(
+        app_id=app.app_id,
+        app_key=app.app_key,
+        room_id=room,
+        user_id=viewer,
+        privileges=[Privilege.SUBSCRIBE_STREAM],
+    )
+    start_body = {
+        "AppId": app.app_id,
+        "RoomId": room,
+        "TaskId": "demo-task",
+        "UserId": relay_user,
+        "Token": publish_token,
+        "Control": {"StreamUrl": settings.demo_url_prefix + DEMO_CLIP_NAME, "StreamMode": 1},
+    }
+    stop_body = {"AppId": app.app_id, "RoomId": room, "TaskId": "demo-task"}
+    command = shlex.quote(str(Path(sys.argv[0]).resolve().parent / "relaystream"))
+    env = (
+        f"export RELAYSTREAM_ENDPOINT={settings.base_url} "
+        f"RELAYSTREAM_AK={access_key.id} RELAYSTREAM_SK={shlex.quote(access_key.secret)}"
+    )
+    origin = "created" if created else "loaded"
+    account_file = settings.data_dir / "demo-account.toml"
+    return f"""
+relaystream is starting on {settings.base_url}
+Demo account ({origin}, kept in {account_file}):
+  AccessKeyId     {access_key.id}
+  SecretAccessKey {access_key.secret}
+  AppId           {app.app_id}
+  AppKey          {app.app_key}
+
+Relay the built-in test stream into room "{room}" (in another shell):
+  {env}
+  {command} api StartRelayStream {shlex.quote(json.dumps(start_body))}
+  {command} api GetRelayStream {shlex.quote(json.dumps(stop_body))}
+  {command} api StopRelayStream {shlex.quote(json.dumps(stop_body))}
+
+Watch it with any WHEP player:
+  WHEP URL      {settings.base_url}/whep/{app.app_id}/{room}/{relay_user}
+  Bearer token  {subscribe_token}
+"""

@@ -1,0 +1,143 @@
+"""Settings: the TOML config file, or a demo account made on first start.
+
+See the README for every key. Unknown keys are an error, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEMO_ACCOUNT_FILE = "demo-account.toml"
+APP_ID_LENGTH = 24
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AccessKeyConfig(_Strict):
+    id: Annotated[str, Field(min_length=1)]
+    secret: Annotated[str, Field(min_length=1, repr=False)]
+    apps: tuple[str, ...] = ()
+
+
+class AppConfig(_Strict):
+    app_id: Annotated[str, Field(min_length=APP_ID_LENGTH, max_length=APP_ID_LENGTH)]
+    app_key: Annotated[str, Field(min_length=1, repr=False)]
+    callback_url: str | None = None
+    callback_secret: Annotated[str | None, Field(repr=False)] = None
+    qps_limit: Annotated[int, Field(gt=0)] = 150
+
+
+class SourcesConfig(_Strict):
+    allow_private: bool = False
+
+
+class TasksConfig(_Strict):
+    lifetime_s: Annotated[int, Field(gt=0)] = 72 * 3600
+
+
+class RtcConfig(_Strict):
+    # Host candidates offered to viewers; loopback by default, since the server
+    # listens on 127.0.0.1 unless told otherwise.
+    ice_addresses: tuple[str, ...] = ("127.0.0.1",)
+
+
+class Config(_Strict):
+    region: str = "cn-north-1"
+    access_keys: tuple[AccessKeyConfig, ...] = ()
+    apps: tuple[AppConfig, ...] = ()
+    sources: SourcesConfig = SourcesConfig()
+    tasks: TasksConfig = TasksConfig()
+    rtc: RtcConfig = RtcConfig()
+
+    @model_validator(mode="after")
+    def _apps_exist(self) -> Config:
+        known = {app.app_id for app in self.apps}
+        for key in self.access_keys:
+            for app_id in key.apps:
+                if app_id not in known:
+                    raise ValueError(f"access key {key.id!r} names app {app_id!r}, not in [[apps]]")
+        return self
+
+    def secret_for(self, access_key_id: str) -> str | None:
+        for key in self.access_keys:
+            if key.id == access_key_id:
+                return key.secret
+        return None
+
+    def apps_of(self, access_key_id: str) -> tuple[str, ...]:
+        for key in self.access_keys:
+            if key.id == access_key_id:
+                return key.apps
+        return ()
+
+    def app(self, app_id: str) -> AppConfig | None:
+        for app in self.apps:
+            if app.app_id == app_id:
+                return app
+        return None
+
+    def app_key_for(self, app_id: str) -> str | None:
+        app = self.app(app_id)
+        return app.app_key if app else None
+
+
+def parse_config(data: dict[str, Any], origin: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{origin}: {problems}") from None
+
+
+def load_config(path: Path) -> Config:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def _random_token(alphabet: str, length: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def demo_config(data_dir: Path) -> tuple[Config, bool]:
+    """The demo account kept in the data dir, made on first use; (config, created)."""
+    path = data_dir / DEMO_ACCOUNT_FILE
+    if path.exists():
+        return load_config(path), False
+    hex_digits = string.digits + "abcdef"
+    app_id = _random_token(hex_digits, APP_ID_LENGTH)
+    text = (
+        "# Demo account made by `relaystream serve` on first start. Keep it private.\n"
+        'region = "cn-north-1"\n\n'
+        "[[access_keys]]\n"
+        f'id = "AKLT{_random_token(string.ascii_letters + string.digits, 28)}"\n'
+        f'secret = "{secrets.token_urlsafe(30)}"\n'
+        f'apps = ["{app_id}"]\n\n'
+        "[[apps]]\n"
+        f'app_id = "{app_id}"\n'
+        f'app_key = "{secrets.token_hex(16)}"\n'
+    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(text)
+    return load_config(path), True

@@ -1,0 +1,97 @@
+"""The server's handle on one media worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator
+
+from relaystream.media.spec import PipelineSpec
+from relaystream.media.wire import EncodedPacket, WireError, WorkerEvent, read_message
+
+logger = logging.getLogger(__name__)
+
+_STOP_GRACE_S = 3.0
+_STDERR_TAIL_LINES = 20
+
+
+class MediaWorker:
+    """Runs a PipelineSpec in a child process and yields what it produces.
+
+    Iterating yields EncodedPackets and WorkerEvents; the last item is always an
+    ``ended`` or ``error`` event, synthesised when the process dies without saying why.
+    """
+
+    def __init__(self, spec: PipelineSpec, *, log_fields: dict[str, str] | None = None) -> None:
+        self._spec = spec
+        self._process: asyncio.subprocess.Process | None = None
+        self._stderr_tail: list[str] = []
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._log_prefix = " ".join(f"{k}={v}" for k, v in (log_fields or {}).items())
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relaystream.media.worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            limit=1 << 20,
+        )
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(self._spec.to_json_dict()).encode())
+        await self._process.stdin.drain()
+        self._process.stdin.close()
+        self._stderr_task = asyncio.create_task(self._collect_stderr())
+
+    async def messages(self) -> AsyncIterator[EncodedPacket | WorkerEvent]:
+        process = self._process
+        assert process is not None and process.stdout is not None, "start() first"
+        final: WorkerEvent | None = None
+        try:
+            while True:
+                message = await read_message(process.stdout)
+                if message is None:
+                    break
+                if isinstance(message, WorkerEvent) and message.type in {"ended", "error"}:
+                    final = message
+                yield message
+        except WireError as exc:
+            final = WorkerEvent("error", {"detail": f"media worker sent bad data: {exc}"})
+            yield final
+        returncode = await process.wait()
+        if final is None:
+            if self._stderr_task is not None:
+                await self._stderr_task
+            tail = " | ".join(self._stderr_tail[-3:])
+            detail = f"media worker exited with code {returncode}"
+            yield WorkerEvent("error", {"detail": f"{detail}: {tail}" if tail else detail})
+
+    async def stop(self) -> None:
+        """Terminate the worker; kill it if it does not exit promptly."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), _STOP_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+    async def _collect_stderr(self) -> None:
+        assert self._process is not None and self._process.stderr is not None
+        async for raw in self._process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            logger.warning("media worker %s: %s", self._log_prefix, line)
+            self._stderr_tail = [*self._stderr_tail[-_STDERR_TAIL_LINES:], line]

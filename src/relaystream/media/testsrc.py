@@ -1,0 +1,100 @@
+"""The built-in test stream: a synthetic H.264 + AAC clip made with FFmpeg's lavfi sources.
+
+The demo relays it, and the test suite makes its sources with it, so no binary media
+file is ever shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+# Container format name by file suffix.
+_FORMATS = {".mp4": "mp4", ".flv": "flv", ".ts": "mpegts", ".mkv": "matroska"}
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What the clip looks like; defaults give a small, quick-to-make stream."""
+
+    duration_s: float = 6.0
+    width: int = 640
+    height: int = 360
+    frame_rate: int = 30
+    keyframe_interval_s: float = 1.0
+    video_codec: str = "libx264"
+    audio_codec: str | None = "aac"
+    audio_rate: int = 44_100
+    tone_hz: int = 440
+
+
+def make_test_clip(path: Path, clip: ClipSpec | None = None) -> Path:
+    """Write a clip with a moving test pattern and a sine tone; returns ``path``."""
+    clip = clip or ClipSpec()
+    container_format = _FORMATS[path.suffix]
+    video_in = av.open(
+        f"testsrc2=size={clip.width}x{clip.height}:rate={clip.frame_rate}"
+        f":duration={clip.duration_s}",
+        format="lavfi",
+    )
+    with av.open(str(path), "w", format=container_format) as out:
+        video_out = out.add_stream(clip.video_codec, rate=clip.frame_rate)
+        video_out.width = clip.width
+        video_out.height = clip.height
+        video_out.pix_fmt = "yuv420p"
+        video_out.codec_context.gop_size = max(1, round(clip.keyframe_interval_s * clip.frame_rate))
+        # No B-frames, like live encoders: WebRTC receivers expect decode order to be
+        # display order.
+        video_out.codec_context.max_b_frames = 0
+        if clip.video_codec == "libx264":
+            video_out.codec_context.options = {"preset": "veryfast"}
+        audio_out = None
+        if clip.audio_codec is not None:
+            audio_out = out.add_stream(clip.audio_codec, rate=clip.audio_rate)
+            audio_out.layout = "stereo"
+        audio_frames = _tone_frames(audio_out, clip) if audio_out is not None else iter(())
+        pending_audio = next(audio_frames, None)
+        # Interleave by time so the file streams well over HTTP and FLV.
+        for frame in video_in.decode(video=0):
+            frame_time_s = frame.pts * frame.time_base
+            while audio_out is not None and pending_audio is not None:
+                if pending_audio.pts * pending_audio.time_base > frame_time_s:
+                    break
+                out.mux(audio_out.encode(pending_audio))
+                pending_audio = next(audio_frames, None)
+            frame = frame.reformat(format="yuv420p")
+            frame.pict_type = av.video.frame.PictureType.NONE
+            out.mux(video_out.encode(frame))
+        out.mux(video_out.encode(None))
+        if audio_out is not None:
+            while pending_audio is not None:
+                out.mux(audio_out.encode(pending_audio))
+                pending_audio = next(audio_frames, None)
+            out.mux(audio_out.encode(None))
+    video_in.close()
+    return path
+
+
+def _tone_frames(stream: av.AudioStream, clip: ClipSpec) -> Iterator[av.AudioFrame]:
+    tone = av.open(
+        f"sine=frequency={clip.tone_hz}:sample_rate={clip.audio_rate}:duration={clip.duration_s}",
+        format="lavfi",
+    )
+    resampler = av.AudioResampler(
+        format=stream.codec_context.format,
+        layout="stereo",
+        rate=clip.audio_rate,
+        frame_size=stream.codec_context.frame_size or 1024,
+    )
+    samples = 0
+    with tone:
+        for frame in [*tone.decode(audio=0), None]:
+            for resampled in resampler.resample(frame):
+                resampled.pts = samples
+                resampled.time_base = Fraction(1, clip.audio_rate)
+                samples += resampled.samples
+                yield resampled

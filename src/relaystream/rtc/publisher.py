@@ -1,0 +1,85 @@
+"""How a relay task joins a room and publishes: one interface, room servers behind it.
+
+The embedded SFU is the default implementation; an external SFU (Janus, a WHIP
+endpoint) implements the same two protocols.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import av
+
+from relaystream.rtc.room import Publication, RoomRegistry, TrackKind, UserAlreadyPublishing
+from relaystream.rtc.token import Privilege, TokenError, verify_token
+from relaystream.rtc.whep import AppKeyLookup
+
+
+class JoinRefused(Exception):
+    """The room would not let the virtual user in; ``token_invalid`` says whether the
+    token was the reason."""
+
+    def __init__(self, reason: str, *, token_invalid: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.token_invalid = token_invalid
+
+
+class RoomPublisher(Protocol):
+    """A virtual user in a room, publishing encoded packets."""
+
+    def send(self, kind: TrackKind, packet: av.Packet) -> None: ...
+
+    async def leave(self) -> None: ...
+
+
+class RoomConnector(Protocol):
+    async def join(
+        self, *, app_id: str, room_id: str, user_id: str, token: str, kinds: frozenset[TrackKind]
+    ) -> RoomPublisher: ...
+
+
+_PRIVILEGE_FOR_KIND = {TrackKind.AUDIO: Privilege.PUBLISH_AUDIO, TrackKind.VIDEO: Privilege.PUBLISH_VIDEO}
+
+
+class EmbeddedPublisher:
+    def __init__(self, publication: Publication) -> None:
+        self._publication = publication
+
+    def send(self, kind: TrackKind, packet: av.Packet) -> None:
+        self._publication.send(kind, packet)
+
+    async def leave(self) -> None:
+        self._publication.end()
+
+
+class EmbeddedRoomConnector:
+    """Joins rooms of this server's own SFU, checking the token as a real room would."""
+
+    def __init__(self, rooms: RoomRegistry, app_key_for: AppKeyLookup) -> None:
+        self._rooms = rooms
+        self._app_key_for = app_key_for
+
+    async def join(
+        self, *, app_id: str, room_id: str, user_id: str, token: str, kinds: frozenset[TrackKind]
+    ) -> RoomPublisher:
+        app_key = self._app_key_for(app_id)
+        if app_key is None:
+            raise JoinRefused(f"unknown AppId {app_id!r}", token_invalid=True)
+        try:
+            for kind in kinds:
+                verify_token(
+                    token,
+                    app_id=app_id,
+                    app_key=app_key,
+                    room_id=room_id,
+                    user_id=user_id,
+                    privilege=_PRIVILEGE_FOR_KIND[kind],
+                )
+        except TokenError as exc:
+            raise JoinRefused(str(exc), token_invalid=True) from exc
+        try:
+            publication = self._rooms.publish(app_id, room_id, user_id, kinds)
+        except UserAlreadyPublishing as exc:
+            raise JoinRefused(str(exc), token_invalid=False) from exc
+        return EmbeddedPublisher(publication)

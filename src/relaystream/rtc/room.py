@@ -1,0 +1,209 @@
+"""The embedded SFU: rooms, publications, and packet fan-out to subscribers.
+
+A publication's track holds the packets since the last keyframe (a GOP cache) so a
+viewer who joins mid-stream gets a decodable picture at once, and hands every packet to
+each subscriber's bounded queue. A slow subscriber loses packets (video: until the next
+keyframe), never slows the publisher or the other subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from enum import StrEnum
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+logger = logging.getLogger(__name__)
+
+SUBSCRIBER_QUEUE_PACKETS = 256
+GOP_CACHE_MAX_PACKETS = 600  # ~10 s of 60 fps video; longer GOPs are not cached
+
+
+class TrackKind(StrEnum):
+    AUDIO = "audio"
+    VIDEO = "video"
+
+
+class ForwardedTrack(MediaStreamTrack):
+    """One subscriber's copy of a published track: encoded packets, never frames.
+
+    aiortc's sender only packetizes what ``recv`` returns when it is an ``av.Packet``,
+    so N subscribers cost N packetizations and no encode.
+    """
+
+    def __init__(self, kind: TrackKind, on_stop: Callable[[ForwardedTrack], None]) -> None:
+        super().__init__()
+        self.kind = kind.value
+        self._track_kind = kind
+        self._on_stop = on_stop
+        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue(SUBSCRIBER_QUEUE_PACKETS)
+        self._waiting_for_keyframe = False
+        self.packets_dropped = 0
+
+    def offer(self, packet: av.Packet) -> None:
+        is_video = self._track_kind is TrackKind.VIDEO
+        if self._waiting_for_keyframe:
+            if not packet.is_keyframe:
+                self.packets_dropped += 1
+                return
+            self._waiting_for_keyframe = False
+        if self._queue.full():
+            self.packets_dropped += self._queue.qsize()
+            self._clear()
+            # Video after a gap is undecodable until the next keyframe.
+            if is_video and not packet.is_keyframe:
+                self._waiting_for_keyframe = True
+                self.packets_dropped += 1
+                return
+        self._queue.put_nowait(packet)
+
+    def finish(self) -> None:
+        """No more packets: ``recv`` raises MediaStreamError once the queue drains."""
+        if self._queue.full():
+            self._clear()
+        self._queue.put_nowait(None)
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        packet = await self._queue.get()
+        if packet is None:
+            self.stop()
+            raise MediaStreamError
+        return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self._on_stop(self)
+
+    def _clear(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+
+class PublishedTrack:
+    """One published track and its subscribers."""
+
+    def __init__(self, kind: TrackKind) -> None:
+        self.kind = kind
+        self._subscribers: set[ForwardedTrack] = set()
+        self._gop_cache: list[av.Packet] = []
+        self.packets_in = 0
+        self.bytes_in = 0
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def push(self, packet: av.Packet) -> None:
+        self.packets_in += 1
+        self.bytes_in += packet.size
+        if self.kind is TrackKind.VIDEO:
+            self._remember(packet)
+        for subscriber in tuple(self._subscribers):
+            subscriber.offer(packet)
+
+    def subscribe(self) -> ForwardedTrack:
+        track = ForwardedTrack(self.kind, on_stop=self._subscribers.discard)
+        for packet in self._gop_cache:
+            track.offer(packet)
+        self._subscribers.add(track)
+        return track
+
+    def finish(self) -> None:
+        for subscriber in tuple(self._subscribers):
+            subscriber.finish()
+        self._gop_cache.clear()
+
+    def _remember(self, packet: av.Packet) -> None:
+        if packet.is_keyframe:
+            self._gop_cache = [packet]
+        elif self._gop_cache:
+            if len(self._gop_cache) >= GOP_CACHE_MAX_PACKETS:
+                self._gop_cache = []
+            else:
+                self._gop_cache.append(packet)
+
+
+class Publication:
+    """A participant publishing in a room: its tracks and who listens for its end."""
+
+    def __init__(self, room: Room, user_id: str, kinds: frozenset[TrackKind]) -> None:
+        self.room = room
+        self.user_id = user_id
+        self.tracks = {kind: PublishedTrack(kind) for kind in kinds}
+        self._end_listeners: list[Callable[[], None]] = []
+        self.ended = False
+
+    def send(self, kind: TrackKind, packet: av.Packet) -> None:
+        track = self.tracks.get(kind)
+        if track is not None and not self.ended:
+            track.push(packet)
+
+    def on_end(self, listener: Callable[[], None]) -> None:
+        self._end_listeners.append(listener)
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        for track in self.tracks.values():
+            track.finish()
+        for listener in self._end_listeners:
+            try:
+                listener()
+            except Exception:
+                logger.exception("end listener of %s failed", self.user_id)
+        self.room.remove(self)
+
+
+class UserAlreadyPublishing(Exception):
+    """Another participant already publishes as this user id in this room."""
+
+
+class Room:
+    """``(app_id, room_id)``: exists while someone is in it."""
+
+    def __init__(self, registry: RoomRegistry, app_id: str, room_id: str) -> None:
+        self._registry = registry
+        self.app_id = app_id
+        self.room_id = room_id
+        self.publications: dict[str, Publication] = {}
+
+    def remove(self, publication: Publication) -> None:
+        if self.publications.get(publication.user_id) is publication:
+            del self.publications[publication.user_id]
+        if not self.publications:
+            self._registry.forget(self)
+
+
+class RoomRegistry:
+    """All rooms of this server."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[tuple[str, str], Room] = {}
+
+    def publish(
+        self, app_id: str, room_id: str, user_id: str, kinds: frozenset[TrackKind]
+    ) -> Publication:
+        room = self._rooms.get((app_id, room_id))
+        if room is None:
+            room = self._rooms[(app_id, room_id)] = Room(self, app_id, room_id)
+        if user_id in room.publications:
+            raise UserAlreadyPublishing(f"user {user_id!r} already publishes in room {room_id!r}")
+        publication = room.publications[user_id] = Publication(room, user_id, kinds)
+        return publication
+
+    def find_publication(self, app_id: str, room_id: str, user_id: str) -> Publication | None:
+        room = self._rooms.get((app_id, room_id))
+        return room.publications.get(user_id) if room else None
+
+    def room(self, app_id: str, room_id: str) -> Room | None:
+        return self._rooms.get((app_id, room_id))
+
+    def forget(self, room: Room) -> None:
+        if self._rooms.get((room.app_id, room.room_id)) is room:
+            del self._rooms[(room.app_id, room.room_id)]

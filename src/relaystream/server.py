@@ -1,0 +1,98 @@
+"""Assembles one relaystream node: store, rooms, supervisor, API, WHEP, demo stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from relaystream.api.actions import Actions
+from relaystream.api.app import OpenApiEndpoint
+from relaystream.config import Config
+from relaystream.media.testsrc import ClipSpec, make_test_clip
+from relaystream.rtc.ice import use_ice_addresses
+from relaystream.rtc.publisher import EmbeddedRoomConnector
+from relaystream.rtc.room import RoomRegistry
+from relaystream.rtc.whep import WhepEndpoint
+from relaystream.store.sqlite import SqliteTaskStore
+from relaystream.tasks.runner import SourcePolicy
+from relaystream.tasks.service import TaskService
+from relaystream.tasks.supervisor import TaskSupervisor
+
+logger = logging.getLogger(__name__)
+
+DEMO_CLIP_NAME = "testsrc.flv"
+DEMO_CLIP = ClipSpec(duration_s=30.0, frame_rate=25, keyframe_interval_s=2.0)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    config: Config
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def demo_url_prefix(self) -> str:
+        return f"{self.base_url}/demo/"
+
+
+def ensure_demo_clip(data_dir: Path) -> Path:
+    """The built-in test stream, made once into the data dir."""
+    demo_dir = data_dir / "demo"
+    clip = demo_dir / DEMO_CLIP_NAME
+    if not clip.exists():
+        demo_dir.mkdir(parents=True, exist_ok=True)
+        partial = demo_dir / f"partial-{DEMO_CLIP_NAME}"
+        make_test_clip(partial, DEMO_CLIP)
+        partial.rename(clip)
+    return clip
+
+
+async def build_app(settings: ServerSettings) -> web.Application:
+    config = settings.config
+    use_ice_addresses(config.rtc.ice_addresses)
+    clip = await asyncio.to_thread(ensure_demo_clip, settings.data_dir)
+    store = await SqliteTaskStore.open(settings.data_dir / "relaystream.db")
+    rooms = RoomRegistry()
+    policy = SourcePolicy(
+        allow_private=config.sources.allow_private,
+        trusted_url_prefixes=(settings.demo_url_prefix,),
+    )
+    supervisor = TaskSupervisor(store, EmbeddedRoomConnector(rooms, config.app_key_for), policy)
+    tasks = TaskService(supervisor, config.app_key_for)
+    whep = WhepEndpoint(rooms, config.app_key_for)
+    ready = asyncio.Event()
+
+    async def healthz(_: web.Request) -> web.Response:
+        if not ready.is_set():
+            return web.json_response({"status": "starting"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    app = web.Application(client_max_size=1 << 20)
+    app.add_routes(OpenApiEndpoint(config, Actions(config, tasks)).routes())
+    app.add_routes(whep.routes())
+    app.add_routes([web.get("/healthz", healthz)])
+    app.router.add_static("/demo/", clip.parent)
+
+    async def on_startup(_: web.Application) -> None:
+        resumed = await supervisor.resume()
+        if resumed:
+            logger.info("resumed %d active task(s)", resumed)
+        ready.set()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await supervisor.shutdown()
+        await whep.close_all()
+        await store.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app

@@ -1,0 +1,135 @@
+"""A real relaystream server, started as a subprocess with its own config and data dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from relaystream.rtc.token import Privilege, generate_token
+from tests.support.net import free_port
+
+ACCESS_KEY_ID = "AKLTtestaccesskey"
+SECRET_ACCESS_KEY = "dGVzdC1zZWNyZXQta2V5"
+APP_ID = "5f8a1c2b3d4e5f6a7b8c9d0e"
+APP_KEY = "0123456789abcdef0123456789abcdef"
+OTHER_APP_ID = "aaaaaaaaaaaaaaaaaaaaaaaa"  # exists, but the test access key does not own it
+
+
+@dataclass
+class RelayServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log_path: Path
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def publish_token(self, room_id: str, user_id: str, **kwargs: int) -> str:
+        return generate_token(
+            app_id=APP_ID,
+            app_key=APP_KEY,
+            room_id=room_id,
+            user_id=user_id,
+            privileges=[Privilege.PUBLISH_STREAM],
+            **kwargs,
+        )
+
+    def subscribe_token(self, room_id: str, user_id: str = "viewer") -> str:
+        return generate_token(
+            app_id=APP_ID,
+            app_key=APP_KEY,
+            room_id=room_id,
+            user_id=user_id,
+            privileges=[Privilege.SUBSCRIBE_STREAM],
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def write_config(path: Path, *, allow_private: bool = True) -> Path:
+    path.write_text(
+        f"""
+region = "cn-north-1"
+
+[[access_keys]]
+id = "{ACCESS_KEY_ID}"
+secret = "{SECRET_ACCESS_KEY}"
+apps = ["{APP_ID}"]
+
+[[access_keys]]
+id = "AKLTother"
+secret = "other-secret"
+apps = ["{OTHER_APP_ID}"]
+
+[[apps]]
+app_id = "{APP_ID}"
+app_key = "{APP_KEY}"
+
+[[apps]]
+app_id = "{OTHER_APP_ID}"
+app_key = "fedcba9876543210fedcba9876543210"
+
+[sources]
+allow_private = {"true" if allow_private else "false"}
+"""
+    )
+    return path
+
+
+def start_server(workdir: Path, *, allow_private: bool = True) -> RelayServer:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = write_config(workdir / "relaystream.toml", allow_private=allow_private)
+    port = free_port()
+    log_path = workdir / "server.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relaystream",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(workdir / "data"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    server = RelayServer(process, port, workdir / "data", log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            with urllib.request.urlopen(f"{server.base_url}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"server did not become healthy:\n{server.log()}")

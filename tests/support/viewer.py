@@ -1,0 +1,118 @@
+"""A real WebRTC viewer: an aiortc peer that subscribes over WHEP and decodes frames."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import av
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+
+class WhepRefused(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"WHEP answered {status}: {text}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class SeenFrame:
+    """A decoded frame's properties (the pixels themselves are not kept)."""
+
+    received_at: float
+    media_time_s: float
+    width: int = 0
+    height: int = 0
+    sample_rate: int = 0
+
+    @classmethod
+    def of(cls, frame: av.VideoFrame | av.AudioFrame) -> SeenFrame:
+        media_time_s = float(frame.pts * frame.time_base)
+        if isinstance(frame, av.VideoFrame):
+            return cls(time.monotonic(), media_time_s, width=frame.width, height=frame.height)
+        return cls(time.monotonic(), media_time_s, sample_rate=frame.sample_rate)
+
+
+@dataclass
+class DecodedTrack:
+    """What the viewer saw on one track."""
+
+    kind: str
+    frames: list[SeenFrame] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def duration_s(self) -> float:
+        if len(self.frames) < 2:
+            return 0.0
+        return self.frames[-1].media_time_s - self.frames[0].media_time_s
+
+    def frame_rate(self) -> float:
+        return (len(self.frames) - 1) / self.duration_s() if self.duration_s() else 0.0
+
+
+class WhepViewer:
+    def __init__(self, whep_url: str, token: str, kinds: tuple[str, ...] = ("audio", "video")):
+        self.whep_url = whep_url
+        self.token = token
+        self.kinds = kinds
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.tracks: dict[str, DecodedTrack] = {}
+        self.session_url: str | None = None
+        self._readers: list[asyncio.Task[None]] = []
+
+    async def connect(self) -> None:
+        for kind in self.kinds:
+            self.pc.addTransceiver(kind, direction="recvonly")
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            decoded = self.tracks[track.kind] = DecodedTrack(track.kind)
+            self._readers.append(asyncio.ensure_future(self._read(track, decoded)))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            response = await http.post(
+                self.whep_url,
+                data=self.pc.localDescription.sdp,
+                headers={
+                    "Content-Type": "application/sdp",
+                    "Authorization": f"Bearer {self.token}",
+                },
+            )
+            text = await response.text()
+            if response.status != 201:
+                await self.pc.close()
+                raise WhepRefused(response.status, text)
+            location = response.headers["Location"]
+        self.session_url = str(aiohttp.client.URL(self.whep_url).join(aiohttp.client.URL(location)))
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
+
+    async def _read(self, track: MediaStreamTrack, decoded: DecodedTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                decoded.frames.append(SeenFrame.of(frame))
+        except MediaStreamError:
+            decoded.ended.set()
+
+    async def wait_for_media(self, kind: str, seconds: float, timeout_s: float = 30.0) -> DecodedTrack:
+        """Wait until ``seconds`` of media time of ``kind`` have been decoded."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            track = self.tracks.get(kind)
+            if track is not None and track.duration_s() >= seconds:
+                return track
+            await asyncio.sleep(0.1)
+        got = self.tracks[kind].duration_s() if kind in self.tracks else 0.0
+        raise AssertionError(f"only {got:.2f} s of {kind} decoded in {timeout_s} s")
+
+    async def close(self) -> None:
+        if self.session_url:
+            async with aiohttp.ClientSession() as http:
+                await http.delete(self.session_url)
+        await self.pc.close()
+        for reader in self._readers:
+            reader.cancel()
