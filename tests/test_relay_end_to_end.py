@@ -55,4 +55,6 @@ async def relay_and_watch(
 async def test_http_source_plays_in_the_room(
     relay_server: RelayServer, rtc: RtcService, media_url: str, container: str
 ) -> None:
-    await relay_and_watch(relay_server, rtc, f"room-http-{container}", f"{media_url}/clip.{container}")
+    await relay_and_watch(
+        relay_server, rtc, f"room-http-{container}", f"{media_url}/clip.{container}"
+    )

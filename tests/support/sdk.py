@@ -11,8 +11,13 @@ from volcengine.Credentials import Credentials
 from volcengine.ServiceInfo import ServiceInfo
 
 VERSION = "2023-11-01"
-ACTIONS = ("StartRelayStream", "StopRelayStream", "GetRelayStream", "UpdateRelayStream",
-           "ListRelayStream")
+ACTIONS = (
+    "StartRelayStream",
+    "StopRelayStream",
+    "GetRelayStream",
+    "UpdateRelayStream",
+    "ListRelayStream",
+)
 
 
 class VolcengineError(Exception):

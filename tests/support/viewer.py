@@ -98,7 +98,9 @@ class WhepViewer:
         except MediaStreamError:
             decoded.ended.set()
 
-    async def wait_for_media(self, kind: str, seconds: float, timeout_s: float = 30.0) -> DecodedTrack:
+    async def wait_for_media(
+        self, kind: str, seconds: float, timeout_s: float = 30.0
+    ) -> DecodedTrack:
         """Wait until ``seconds`` of media time of ``kind`` have been decoded."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

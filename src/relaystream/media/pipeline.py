@@ -121,7 +121,8 @@ class VideoTranscoder:
         codec_name = stream.codec_context.name
         if codec_name not in {"h264", "hevc"}:
             raise SourceError(
-                f"unsupported codec: transcode needs H.264 or HEVC video, the source has {codec_name}"
+                "unsupported codec: transcode needs H.264 or HEVC video, "
+                f"the source has {codec_name}"
             )
         if spec.video_width is None or spec.video_height is None:
             raise SourceError("transcoding video needs VideoWidth and VideoHeight")

@@ -35,7 +35,9 @@ def check_scheme(url: str) -> str:
     return scheme
 
 
-def check_source_address(url: str, *, allow_private: bool, trusted_prefixes: tuple[str, ...]) -> None:
+def check_source_address(
+    url: str, *, allow_private: bool, trusted_prefixes: tuple[str, ...]
+) -> None:
     """Refuse a URL whose host resolves to a loopback, private or link-local address.
 
     Without this, anyone who can call the API could make the server fetch from its own
@@ -54,7 +56,9 @@ def check_source_address(url: str, *, allow_private: bool, trusted_prefixes: tup
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if not address.is_global:
-            raise SourceError(f"host {host!r} resolves to a non-public address, which is not allowed")
+            raise SourceError(
+                f"host {host!r} resolves to a non-public address, which is not allowed"
+            )
 
 
 def open_source(spec: PipelineSpec) -> av.container.InputContainer:

@@ -39,7 +39,10 @@ class RoomConnector(Protocol):
     ) -> RoomPublisher: ...
 
 
-_PRIVILEGE_FOR_KIND = {TrackKind.AUDIO: Privilege.PUBLISH_AUDIO, TrackKind.VIDEO: Privilege.PUBLISH_VIDEO}
+_PRIVILEGE_FOR_KIND = {
+    TrackKind.AUDIO: Privilege.PUBLISH_AUDIO,
+    TrackKind.VIDEO: Privilege.PUBLISH_VIDEO,
+}
 
 
 class EmbeddedPublisher:

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 
 from aiohttp import web
-from aiortc import RTCConfiguration, sdp, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription, sdp
 from aiortc.exceptions import OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 

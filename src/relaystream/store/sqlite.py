@@ -23,6 +23,8 @@ CREATE INDEX IF NOT EXISTS relay_tasks_status ON relay_tasks (status);
 CREATE INDEX IF NOT EXISTS relay_tasks_created ON relay_tasks (app_id, create_time_ms);
 """
 
+_SELECT = "SELECT app_id, room_id, task_id, status, create_time_ms, document FROM relay_tasks"
+
 
 class SqliteTaskStore:
     def __init__(self, connection: aiosqlite.Connection) -> None:
@@ -41,8 +43,7 @@ class SqliteTaskStore:
 
     async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
         async with self._db.execute(
-            "SELECT app_id, room_id, task_id, status, create_time_ms, document FROM relay_tasks"
-            " WHERE app_id = ? AND room_id = ? AND task_id = ?",
+            f"{_SELECT} WHERE app_id = ? AND room_id = ? AND task_id = ?",
             (app_id, room_id, task_id),
         ) as cursor:
             row = await cursor.fetchone()
@@ -65,12 +66,10 @@ class SqliteTaskStore:
         await self._db.commit()
 
     async def list_with_status(self, statuses: tuple[int, ...]) -> list[TaskRecord]:
+        # Only '?' placeholders are interpolated; the values are bound.
         marks = ",".join("?" * len(statuses))
-        async with self._db.execute(
-            "SELECT app_id, room_id, task_id, status, create_time_ms, document FROM relay_tasks"
-            f" WHERE status IN ({marks}) ORDER BY create_time_ms",  # noqa: S608 - only '?' marks
-            statuses,
-        ) as cursor:
+        query = f"{_SELECT} WHERE status IN ({marks}) ORDER BY create_time_ms"  # noqa: S608
+        async with self._db.execute(query, statuses) as cursor:
             rows = await cursor.fetchall()
         return [_to_record(row) for row in rows]
 

@@ -27,7 +27,7 @@ class StopReason(StrEnum):
     EXPIRED = "Expired"
     SOURCE_ENDED = "SourceEnded"
     SOURCE_ERROR = "SourceError"
-    TOKEN_INVALID = "TokenInvalid"
+    TOKEN_INVALID = "TokenInvalid"  # noqa: S105 - a reason, not a secret
     NODE_LOST = "NodeLost"
 
 
@@ -100,7 +100,11 @@ class RelayTask:
         if self.status is TaskStatus.ENDED:
             raise InvalidTransition(f"{self.key}: already ended")
         return replace(
-            self, status=TaskStatus.ENDED, stop_reason=reason, stop_detail=detail, end_time_ms=now_ms()
+            self,
+            status=TaskStatus.ENDED,
+            stop_reason=reason,
+            stop_detail=detail,
+            end_time_ms=now_ms(),
         )
 
 

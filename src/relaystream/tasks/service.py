@@ -33,7 +33,9 @@ class TaskView:
 
 
 class TaskService:
-    def __init__(self, supervisor: TaskSupervisor, app_key_for: Callable[[str], str | None]) -> None:
+    def __init__(
+        self, supervisor: TaskSupervisor, app_key_for: Callable[[str], str | None]
+    ) -> None:
         self._supervisor = supervisor
         self._app_key_for = app_key_for
 
