@@ -68,7 +68,7 @@ class SqliteTaskStore:
     async def list_with_status(self, statuses: tuple[int, ...]) -> list[TaskRecord]:
         # Only '?' placeholders are interpolated; the values are bound.
         marks = ",".join("?" * len(statuses))
-        query = f"{_SELECT} WHERE status IN ({marks}) ORDER BY create_time_ms"  # noqa: S608
+        query = f"{_SELECT} WHERE status IN ({marks}) ORDER BY create_time_ms"
         async with self._db.execute(query, statuses) as cursor:
             rows = await cursor.fetchall()
         return [_to_record(row) for row in rows]
