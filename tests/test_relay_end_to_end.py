@@ -4,12 +4,14 @@ room, a WebRTC viewer decodes it, StopRelayStream ends it."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from tests.support.rtmp import nginx_rtmp_server, rtmp_publisher
 from tests.support.sdk import RtcService
 from tests.support.server import APP_ID, RelayServer
-from tests.support.tasks import call, task_key, wait_for_status
+from tests.support.tasks import call, get_task, task_key, wait_for_status
 from tests.support.viewer import WhepViewer
 
 SOURCE_WIDTH, SOURCE_HEIGHT, SOURCE_FPS = 640, 360, 30
@@ -58,3 +60,55 @@ async def test_http_source_plays_in_the_room(
     await relay_and_watch(
         relay_server, rtc, f"room-http-{container}", f"{media_url}/clip.{container}"
     )
+
+
+async def test_rtmp_source_plays_in_the_room(
+    relay_server: RelayServer, rtc: RtcService, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    with nginx_rtmp_server(tmp_path / "nginx") as rtmp_base:
+        stream_url = f"{rtmp_base}/camera"
+        with rtmp_publisher(clips["flv"], stream_url):
+            await relay_and_watch(relay_server, rtc, "room-rtmp", stream_url)
+
+
+async def test_remux_costs_a_fraction_of_a_transcode_of_the_same_source(
+    relay_server: RelayServer, rtc: RtcService, media_url: str
+) -> None:
+    """Remux neither decodes nor encodes video, so its worker burns far less CPU."""
+    room = "room-cpu"
+    # Video only: audio costs both modes the same (AAC to Opus).
+    modes = {
+        "remux": {"StreamMode": 1, "MediaType": 2},
+        "transcode": {
+            "StreamMode": 0,
+            "MediaType": 2,
+            "VideoWidth": 640,
+            "VideoHeight": 360,
+            "FrameRate": 30,
+        },
+    }
+    for name, control in modes.items():
+        start = {
+            **task_key(room, name),
+            "UserId": name,
+            "Token": relay_server.publish_token(room, name),
+            "Control": {"StreamUrl": f"{media_url}/clip.flv", **control},
+        }
+        assert await call(rtc, "StartRelayStream", start) == "ok"
+    for name in modes:
+        await wait_for_status(rtc, room, name, 2)
+
+    async def cpu_seconds() -> dict[str, float]:
+        tasks = {name: await get_task(rtc, room, name) for name in modes}
+        return {name: task["Stats"]["WorkerCpuSeconds"] for name, task in tasks.items()}
+
+    # Steady state only: process start-up (imports, probing) costs both the same.
+    await asyncio.sleep(1)
+    before = await cpu_seconds()
+    await asyncio.sleep(6)
+    after = await cpu_seconds()
+    for name in modes:
+        assert await call(rtc, "StopRelayStream", task_key(room, name)) == "ok"
+    cpu = {name: after[name] - before[name] for name in modes}
+    assert cpu["transcode"] > 0
+    assert cpu["remux"] < cpu["transcode"] / 4, cpu

@@ -155,6 +155,7 @@ def task_to_wire(view: TaskView) -> dict[str, Any]:
             "BytesSent": stats.bytes_sent,
             "ReconnectCount": stats.reconnects,
             "LastError": stats.last_error,
+            "WorkerCpuSeconds": round(stats.worker_cpu_s, 3),
         }
     return wire
 

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from relaystream.media.spec import PipelineSpec
 from relaystream.media.wire import EncodedPacket, WireError, WorkerEvent, read_message
@@ -15,6 +17,7 @@ from relaystream.media.wire import EncodedPacket, WireError, WorkerEvent, read_m
 logger = logging.getLogger(__name__)
 
 _STOP_GRACE_S = 3.0
+_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 _STDERR_TAIL_LINES = 20
 
 
@@ -35,6 +38,17 @@ class MediaWorker:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the worker has used so far (0 once it has exited)."""
+        if self._process is None or self._process.returncode is not None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        # Fields 14 and 15 of /proc/PID/stat (utime, stime), counted after the ")".
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_S
 
     async def start(self) -> None:
         self._process = await asyncio.create_subprocess_exec(

@@ -43,6 +43,7 @@ class RunStats:
     first_packet_at: float | None = None
     reconnects: int = 0
     last_error: str = ""
+    worker_cpu_s: float = 0.0
 
     def count(self, packet: EncodedPacket) -> None:
         if self.first_packet_at is None:
@@ -116,6 +117,12 @@ class RelayRun:
         self._policy = policy
         self._on_media_flowing = on_media_flowing
         self._log = {"task": str(task.key), "user": task.user_id}
+        self._worker: MediaWorker | None = None
+
+    def current_stats(self) -> RunStats:
+        if self._worker is not None:
+            self.stats.worker_cpu_s = self._worker.cpu_seconds()
+        return self.stats
 
     async def run(self) -> RunOutcome:
         await self._wait_for_start_time()
@@ -142,7 +149,9 @@ class RelayRun:
             await asyncio.sleep(delay_s)
 
     async def _relay(self, publisher: RoomPublisher) -> RunOutcome:
-        worker = MediaWorker(pipeline_spec(self.task, self._policy), log_fields=self._log)
+        worker = self._worker = MediaWorker(
+            pipeline_spec(self.task, self._policy), log_fields=self._log
+        )
         await worker.start()
         try:
             async for message in worker.messages():
@@ -159,6 +168,7 @@ class RelayRun:
             return RunOutcome(StopReason.SOURCE_ERROR, "media worker ended without a reason")
         finally:
             await worker.stop()
+            self._worker = None
 
     def _handle_event(self, event: WorkerEvent) -> RunOutcome | None:
         if event.type == "opened":

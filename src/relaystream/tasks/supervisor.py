@@ -47,7 +47,7 @@ class TaskSupervisor:
 
     def stats(self, key: TaskKey) -> RunStats | None:
         entry = self._runs.get(key)
-        return entry[0].stats if entry else None
+        return entry[0].current_stats() if entry else None
 
     async def resume(self) -> int:
         """Start the runs of tasks that were active when the server last stopped."""
