@@ -131,6 +131,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _self_command() -> str:
+    """A shell command that runs this same relaystream, however it was started."""
+    script = Path(sys.argv[0])
+    if script.name == "relaystream" and script.is_file():  # the installed entry point
+        return shlex.quote(str(script.resolve()))
+    # ``python -m relaystream`` (argv[0] is then __main__.py) or an embedding program.
+    return f"{shlex.quote(sys.executable)} -m relaystream"
+
+
 def _demo_banner(settings: ServerSettings, created: bool) -> str:
     config: Config = settings.config
     access_key, app = config.access_keys[0], config.apps[0]
@@ -158,7 +167,7 @@ def _demo_banner(settings: ServerSettings, created: bool) -> str:
         "Control": {"StreamUrl": settings.demo_url_prefix + DEMO_CLIP_NAME, "StreamMode": 1},
     }
     stop_body = {"AppId": app.app_id, "RoomId": room, "TaskId": "demo-task"}
-    command = shlex.quote(str(Path(sys.argv[0]).resolve().parent / "relaystream"))
+    command = _self_command()
     env = (
         f"export RELAYSTREAM_ENDPOINT={settings.base_url} "
         f"RELAYSTREAM_AK={access_key.id} RELAYSTREAM_SK={shlex.quote(access_key.secret)}"

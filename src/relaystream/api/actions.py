@@ -92,7 +92,10 @@ def _task_from_request(request: StartRelayStreamRequest) -> RelayTask:
         check_scheme(control.StreamUrl)
     except SourceError as exc:
         raise invalid_parameter("Control.StreamUrl", exc.detail) from None
-    transcodes_video = control.StreamMode == StreamMode.TRANSCODE and control.MediaType != 1
+    except ValueError as exc:  # urlsplit refuses e.g. an unclosed IPv6 bracket
+        raise invalid_parameter("Control.StreamUrl", f"not a valid URL ({exc})") from None
+    media_type, stream_mode = MediaType(control.MediaType), StreamMode(control.StreamMode)
+    transcodes_video = stream_mode is StreamMode.TRANSCODE and media_type.wants_video
     if transcodes_video:
         for name in ("VideoWidth", "VideoHeight"):
             if getattr(control, name) is None:
@@ -105,8 +108,8 @@ def _task_from_request(request: StartRelayStreamRequest) -> RelayTask:
         max_idle_s=request.MaxIdleTime,
         control=RelayControl(
             stream_url=control.StreamUrl,
-            media_type=MediaType(control.MediaType),
-            stream_mode=StreamMode(control.StreamMode),
+            media_type=media_type,
+            stream_mode=stream_mode,
             start_timestamp_s=control.StartTimeStamp,
             loop=control.Loop,
             video_width=control.VideoWidth,

@@ -68,7 +68,11 @@ class OpenApiEndpoint:
     async def _dispatch(self, request: web.Request, ctx: RequestContext) -> Any:
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             raise ApiError(INVALID_UNMARSHAL, f"The body exceeds {MAX_BODY_BYTES} bytes.")
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            # A chunked body has no Content-Length to check up front.
+            raise ApiError(INVALID_UNMARSHAL, f"The body exceeds {MAX_BODY_BYTES} bytes.") from None
         caller = verify_request(
             HttpRequestParts(
                 method=request.method,
@@ -106,6 +110,8 @@ def _parse_json_body(body: bytes) -> dict[str, Any]:
         parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(INVALID_UNMARSHAL, f"The body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(INVALID_UNMARSHAL, "The body is nested too deeply.") from None
     if not isinstance(parsed, dict):
         raise ApiError(INVALID_UNMARSHAL, "The body must be a JSON object.")
     return parsed

@@ -77,7 +77,7 @@ class TrackStats:
     last_keyframe_s: float | None = None
     max_keyframe_interval_s: float = 0.0
 
-    def count(self, packet: av.Packet, media_time_s: float) -> None:
+    def count(self, packet: av.Packet[Any], media_time_s: float) -> None:
         self.packets += 1
         self.bytes += packet.size
         if packet.is_keyframe:
@@ -91,7 +91,7 @@ class TrackStats:
 class VideoRemuxer:
     """Forwards H.264 packets untouched but for Annex B framing (SPS/PPS before IDR)."""
 
-    def __init__(self, stream: av.stream.Stream) -> None:
+    def __init__(self, stream: av.VideoStream) -> None:
         codec_name = stream.codec_context.name
         if codec_name != "h264":
             raise SourceError(
@@ -99,7 +99,7 @@ class VideoRemuxer:
             )
         self._annexb = BitStreamFilterContext("h264_mp4toannexb", in_stream=stream)
 
-    def process(self, packet: av.Packet | None, origin_s: float) -> Iterator[EncodedPacket]:
+    def process(self, packet: av.Packet[Any] | None, origin_s: float) -> Iterator[EncodedPacket]:
         for out in self._annexb.filter(packet):
             timestamp = out.pts if out.pts is not None else out.dts
             if timestamp is None or out.time_base is None:
@@ -117,7 +117,7 @@ class VideoTranscoder:
     """Decodes, fits into the target size (aspect kept, padded), converts the frame rate
     and encodes once with libx264 tuned for real time."""
 
-    def __init__(self, stream: av.stream.Stream, spec: PipelineSpec) -> None:
+    def __init__(self, stream: av.VideoStream, spec: PipelineSpec) -> None:
         codec_name = stream.codec_context.name
         if codec_name not in {"h264", "hevc"}:
             raise SourceError(
@@ -155,7 +155,7 @@ class VideoTranscoder:
         source = graph.add_buffer(
             width=frame.width,
             height=frame.height,
-            format=frame.format.name,
+            format=frame.format,
             time_base=self._stream.time_base,
         )
         w, h = self._width, self._height
@@ -173,7 +173,7 @@ class VideoTranscoder:
         graph.configure()
         return graph
 
-    def process(self, packet: av.Packet | None, origin_s: float) -> Iterator[EncodedPacket]:
+    def process(self, packet: av.Packet[Any] | None, origin_s: float) -> Iterator[EncodedPacket]:
         for frame in self._stream.codec_context.decode(packet):
             if self._graph is None:
                 self._graph = self._build_graph(frame)
@@ -189,15 +189,20 @@ class VideoTranscoder:
                 frame = self._graph.pull()
             except (BlockingIOError, EOFError):
                 return
+            assert isinstance(frame, av.VideoFrame)
             yield from self._encode(frame, origin_s)
 
     def _encode(self, frame: av.VideoFrame | None, origin_s: float) -> Iterator[EncodedPacket]:
         if frame is not None:
+            if frame.pts is None or frame.time_base is None:
+                return
             frame.pict_type = PictureType.NONE  # let the encoder place keyframes
             frame.pts = round(float(frame.pts * frame.time_base) * self._frame_rate)
             frame.time_base = self._encoder.time_base
         for out in self._encoder.encode(frame):
-            media_time_s = float(out.pts * self._encoder.time_base) - origin_s
+            if out.pts is None:
+                continue
+            media_time_s = out.pts / self._frame_rate - origin_s
             yield EncodedPacket(
                 kind=MessageKind.VIDEO,
                 data=bytes(out),
@@ -209,7 +214,7 @@ class VideoTranscoder:
 class AudioToOpus:
     """Decodes any audio and encodes it once to Opus 48 kHz stereo, 20 ms frames."""
 
-    def __init__(self, stream: av.stream.Stream) -> None:
+    def __init__(self, stream: av.AudioStream) -> None:
         self._stream = stream
         self._resampler = AudioResampler(
             format="s16", layout="stereo", rate=48_000, frame_size=OPUS_FRAME_SAMPLES
@@ -222,7 +227,7 @@ class AudioToOpus:
         self._encoder.bit_rate = OPUS_BITRATE_BPS
         self._next_pts: int | None = None
 
-    def process(self, packet: av.Packet | None, origin_s: float) -> Iterator[EncodedPacket]:
+    def process(self, packet: av.Packet[Any] | None, origin_s: float) -> Iterator[EncodedPacket]:
         for frame in self._stream.codec_context.decode(packet):
             if self._next_pts is None and frame.pts is not None and frame.time_base is not None:
                 self._next_pts = round((float(frame.pts * frame.time_base) - origin_s) * 48_000)
@@ -243,12 +248,12 @@ class AudioToOpus:
 
 @dataclass
 class SelectedTracks:
-    video: av.stream.Stream | None
-    audio: av.stream.Stream | None
+    video: av.VideoStream | None
+    audio: av.AudioStream | None
     stats: dict[int, TrackStats] = field(default_factory=dict)
 
     @property
-    def streams(self) -> list[av.stream.Stream]:
+    def streams(self) -> list[av.VideoStream | av.AudioStream]:
         return [s for s in (self.video, self.audio) if s is not None]
 
 
@@ -279,22 +284,22 @@ def describe_tracks(tracks: SelectedTracks) -> dict[str, Any]:
     """Input codec, resolution, frame rate and bitrate of the selected tracks."""
     info: dict[str, Any] = {}
     if tracks.video is not None:
-        ctx = tracks.video.codec_context
+        video = tracks.video.codec_context
         rate = tracks.video.average_rate or tracks.video.guessed_rate
         info["video"] = {
-            "codec": ctx.name,
-            "width": ctx.width,
-            "height": ctx.height,
+            "codec": video.name,
+            "width": video.width,
+            "height": video.height,
             "frame_rate": float(rate) if rate else None,
-            "bitrate_kbps": (ctx.bit_rate or 0) // 1000 or None,
+            "bitrate_kbps": (video.bit_rate or 0) // 1000 or None,
         }
     if tracks.audio is not None:
-        ctx = tracks.audio.codec_context
+        audio = tracks.audio.codec_context
         info["audio"] = {
-            "codec": ctx.name,
-            "sample_rate": ctx.sample_rate,
-            "channels": ctx.channels,
-            "bitrate_kbps": (ctx.bit_rate or 0) // 1000 or None,
+            "codec": audio.name,
+            "sample_rate": audio.sample_rate,
+            "channels": audio.layout.nb_channels,
+            "bitrate_kbps": (audio.bit_rate or 0) // 1000 or None,
         }
     return info
 
@@ -349,7 +354,7 @@ class RelayPipeline:
             container.close()
 
     def _video_processor(
-        self, stream: av.stream.Stream | None
+        self, stream: av.VideoStream | None
     ) -> VideoRemuxer | VideoTranscoder | None:
         if stream is None:
             return None

@@ -12,6 +12,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.container
+from av.video.frame import PictureType
 
 # Container format name by file suffix.
 _FORMATS = {".mp4": "mp4", ".flv": "flv", ".ts": "mpegts", ".mkv": "matroska"}
@@ -35,48 +37,66 @@ class ClipSpec:
 def make_test_clip(path: Path, clip: ClipSpec | None = None) -> Path:
     """Write a clip with a moving test pattern and a sine tone; returns ``path``."""
     clip = clip or ClipSpec()
-    container_format = _FORMATS[path.suffix]
-    video_in = av.open(
-        f"testsrc2=size={clip.width}x{clip.height}:rate={clip.frame_rate}"
-        f":duration={clip.duration_s}",
-        format="lavfi",
-    )
-    with av.open(str(path), "w", format=container_format) as out:
-        video_out = out.add_stream(clip.video_codec, rate=clip.frame_rate)
-        video_out.width = clip.width
-        video_out.height = clip.height
-        video_out.pix_fmt = "yuv420p"
-        video_out.codec_context.gop_size = max(1, round(clip.keyframe_interval_s * clip.frame_rate))
-        # No B-frames, like live encoders: WebRTC receivers expect decode order to be
-        # display order.
-        video_out.codec_context.max_b_frames = 0
-        if clip.video_codec == "libx264":
-            video_out.codec_context.options = {"preset": "veryfast"}
-        audio_out = None
-        if clip.audio_codec is not None:
-            audio_out = out.add_stream(clip.audio_codec, rate=clip.audio_rate)
-            audio_out.layout = "stereo"
-        audio_frames = _tone_frames(audio_out, clip) if audio_out is not None else iter(())
-        pending_audio = next(audio_frames, None)
+    with av.open(str(path), "w", format=_FORMATS[path.suffix]) as out:
+        video_out = _add_video_stream(out, clip)
+        audio_out = _add_audio_stream(out, clip) if clip.audio_codec else None
+        tone = _tone_frames(audio_out, clip) if audio_out is not None else iter(())
+        pending_audio = next(tone, None)
         # Interleave by time so the file streams well over HTTP and FLV.
-        for frame in video_in.decode(video=0):
-            frame_time_s = frame.pts * frame.time_base
+        for index, frame in enumerate(_pattern_frames(clip)):
+            frame_time_s = index / clip.frame_rate
             while audio_out is not None and pending_audio is not None:
-                if pending_audio.pts * pending_audio.time_base > frame_time_s:
+                if pending_audio.samples and _seconds(pending_audio) > frame_time_s:
                     break
                 out.mux(audio_out.encode(pending_audio))
-                pending_audio = next(audio_frames, None)
-            frame = frame.reformat(format="yuv420p")
-            frame.pict_type = av.video.frame.PictureType.NONE
+                pending_audio = next(tone, None)
             out.mux(video_out.encode(frame))
         out.mux(video_out.encode(None))
         if audio_out is not None:
             while pending_audio is not None:
                 out.mux(audio_out.encode(pending_audio))
-                pending_audio = next(audio_frames, None)
+                pending_audio = next(tone, None)
             out.mux(audio_out.encode(None))
-    video_in.close()
     return path
+
+
+def _seconds(frame: av.AudioFrame) -> float:
+    return float((frame.pts or 0) * (frame.time_base or 0))
+
+
+def _add_video_stream(out: av.container.OutputContainer, clip: ClipSpec) -> av.VideoStream:
+    stream = out.add_stream(clip.video_codec, rate=clip.frame_rate)
+    assert isinstance(stream, av.VideoStream)
+    stream.width = clip.width
+    stream.height = clip.height
+    stream.pix_fmt = "yuv420p"
+    stream.codec_context.gop_size = max(1, round(clip.keyframe_interval_s * clip.frame_rate))
+    # No B-frames, like live encoders: WebRTC receivers expect decode order to be
+    # display order.
+    stream.codec_context.max_b_frames = 0
+    if clip.video_codec == "libx264":
+        stream.codec_context.options = {"preset": "veryfast"}
+    return stream
+
+
+def _add_audio_stream(out: av.container.OutputContainer, clip: ClipSpec) -> av.AudioStream:
+    stream = out.add_stream(clip.audio_codec or "aac", rate=clip.audio_rate)
+    assert isinstance(stream, av.AudioStream)
+    stream.layout = "stereo"
+    return stream
+
+
+def _pattern_frames(clip: ClipSpec) -> Iterator[av.VideoFrame]:
+    pattern = av.open(
+        f"testsrc2=size={clip.width}x{clip.height}:rate={clip.frame_rate}"
+        f":duration={clip.duration_s}",
+        format="lavfi",
+    )
+    with pattern:
+        for frame in pattern.decode(video=0):
+            frame = frame.reformat(format="yuv420p")
+            frame.pict_type = PictureType.NONE
+            yield frame
 
 
 def _tone_frames(stream: av.AudioStream, clip: ClipSpec) -> Iterator[av.AudioFrame]:

@@ -6,7 +6,7 @@ endpoint) implements the same two protocols.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 
@@ -28,7 +28,7 @@ class JoinRefused(Exception):
 class RoomPublisher(Protocol):
     """A virtual user in a room, publishing encoded packets."""
 
-    def send(self, kind: TrackKind, packet: av.Packet) -> None: ...
+    def send(self, kind: TrackKind, packet: av.Packet[Any]) -> None: ...
 
     async def leave(self) -> None: ...
 
@@ -49,7 +49,7 @@ class EmbeddedPublisher:
     def __init__(self, publication: Publication) -> None:
         self._publication = publication
 
-    def send(self, kind: TrackKind, packet: av.Packet) -> None:
+    def send(self, kind: TrackKind, packet: av.Packet[Any]) -> None:
         self._publication.send(kind, packet)
 
     async def leave(self) -> None:

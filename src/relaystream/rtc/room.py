@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Any
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -30,7 +31,7 @@ class TrackKind(StrEnum):
 class ForwardedTrack(MediaStreamTrack):
     """One subscriber's copy of a published track: encoded packets, never frames.
 
-    aiortc's sender only packetizes what ``recv`` returns when it is an ``av.Packet``,
+    aiortc's sender only packetizes what ``recv`` returns when it is an ``av.Packet[Any]``,
     so N subscribers cost N packetizations and no encode.
     """
 
@@ -39,11 +40,11 @@ class ForwardedTrack(MediaStreamTrack):
         self.kind = kind.value
         self._track_kind = kind
         self._on_stop = on_stop
-        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue(SUBSCRIBER_QUEUE_PACKETS)
+        self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue(SUBSCRIBER_QUEUE_PACKETS)
         self._waiting_for_keyframe = False
         self.packets_dropped = 0
 
-    def offer(self, packet: av.Packet) -> None:
+    def offer(self, packet: av.Packet[Any]) -> None:
         is_video = self._track_kind is TrackKind.VIDEO
         if self._waiting_for_keyframe:
             if not packet.is_keyframe:
@@ -66,7 +67,7 @@ class ForwardedTrack(MediaStreamTrack):
             self._clear()
         self._queue.put_nowait(None)
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         packet = await self._queue.get()
@@ -90,7 +91,7 @@ class PublishedTrack:
     def __init__(self, kind: TrackKind) -> None:
         self.kind = kind
         self._subscribers: set[ForwardedTrack] = set()
-        self._gop_cache: list[av.Packet] = []
+        self._gop_cache: list[av.Packet[Any]] = []
         self.packets_in = 0
         self.bytes_in = 0
 
@@ -98,7 +99,7 @@ class PublishedTrack:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
-    def push(self, packet: av.Packet) -> None:
+    def push(self, packet: av.Packet[Any]) -> None:
         self.packets_in += 1
         self.bytes_in += packet.size
         if self.kind is TrackKind.VIDEO:
@@ -118,7 +119,7 @@ class PublishedTrack:
             subscriber.finish()
         self._gop_cache.clear()
 
-    def _remember(self, packet: av.Packet) -> None:
+    def _remember(self, packet: av.Packet[Any]) -> None:
         if packet.is_keyframe:
             self._gop_cache = [packet]
         elif self._gop_cache:
@@ -138,7 +139,7 @@ class Publication:
         self._end_listeners: list[Callable[[], None]] = []
         self.ended = False
 
-    def send(self, kind: TrackKind, packet: av.Packet) -> None:
+    def send(self, kind: TrackKind, packet: av.Packet[Any]) -> None:
         track = self.tracks.get(kind)
         if track is not None and not self.ended:
             track.push(packet)

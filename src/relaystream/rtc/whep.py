@@ -61,6 +61,7 @@ class WhepEndpoint:
         self._rooms = rooms
         self._app_key_for = app_key_for
         self._sessions: dict[str, WhepSession] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -148,7 +149,7 @@ class WhepEndpoint:
             await pc.close()
             raise
         self._sessions[session.session_id] = session
-        publication.on_end(lambda: asyncio.ensure_future(self._close(session)))
+        publication.on_end(lambda: self._close_soon(session))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -156,6 +157,11 @@ class WhepEndpoint:
                 await self._close(session)
 
         return session
+
+    def _close_soon(self, session: WhepSession) -> None:
+        closing = asyncio.ensure_future(self._close(session))
+        self._closing.add(closing)  # keep a reference until it is done
+        closing.add_done_callback(self._closing.discard)
 
     async def _close(self, session: WhepSession) -> None:
         if self._sessions.pop(session.session_id, None) is None:

@@ -92,7 +92,7 @@ def _track_kinds(task: RelayTask) -> frozenset[TrackKind]:
     return frozenset(kinds)
 
 
-def _to_av_packet(packet: EncodedPacket) -> av.Packet:
+def _to_av_packet(packet: EncodedPacket) -> av.Packet[Any]:
     out = av.Packet(packet.data)
     out.pts = packet.pts
     out.dts = packet.pts
