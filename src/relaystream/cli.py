@@ -144,20 +144,18 @@ def _demo_banner(settings: ServerSettings, created: bool) -> str:
     config: Config = settings.config
     access_key, app = config.access_keys[0], config.apps[0]
     room, relay_user, viewer = "demo", "relay-demo", "viewer-demo"
-    publish_token = generate_token(
-        app_id=app.app_id,
-        app_key=app.app_key,
-        room_id=room,
-        user_id=relay_user,
-        privileges=[Privilege.PUBLISH_STREAM],
-    )
-    subscribe_token = generate_token(
-        app_id=app.app_id,
-        app_key=app.app_key,
-        room_id=room,
-        user_id=viewer,
-        privileges=[Privilege.SUBSCRIBE_STREAM],
-    )
+
+    def token_for(user_id: str, privilege: Privilege) -> str:
+        return generate_token(
+            app_id=app.app_id,
+            app_key=app.app_key,
+            room_id=room,
+            user_id=user_id,
+            privileges=[privilege],
+        )
+
+    publish_token = token_for(relay_user, Privilege.PUBLISH_STREAM)
+    subscribe_token = token_for(viewer, Privilege.SUBSCRIBE_STREAM)
     start_body = {
         "AppId": app.app_id,
         "RoomId": room,

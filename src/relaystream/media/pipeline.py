@@ -88,6 +88,16 @@ class TrackStats:
             self.last_keyframe_s = media_time_s
 
 
+def _video_packet(packet: av.Packet[Any], media_time_s: float) -> EncodedPacket:
+    """An H.264 access unit stamped on the 90 kHz RTP video clock."""
+    return EncodedPacket(
+        kind=MessageKind.VIDEO,
+        data=bytes(packet),
+        pts=round(media_time_s * 90_000),
+        keyframe=packet.is_keyframe,
+    )
+
+
 class VideoRemuxer:
     """Forwards H.264 packets untouched but for Annex B framing (SPS/PPS before IDR)."""
 
@@ -104,13 +114,7 @@ class VideoRemuxer:
             timestamp = out.pts if out.pts is not None else out.dts
             if timestamp is None or out.time_base is None:
                 continue
-            media_time_s = float(timestamp * out.time_base) - origin_s
-            yield EncodedPacket(
-                kind=MessageKind.VIDEO,
-                data=bytes(out),
-                pts=round(media_time_s * 90_000),
-                keyframe=out.is_keyframe,
-            )
+            yield _video_packet(out, float(timestamp * out.time_base) - origin_s)
 
 
 class VideoTranscoder:
@@ -202,13 +206,7 @@ class VideoTranscoder:
         for out in self._encoder.encode(frame):
             if out.pts is None:
                 continue
-            media_time_s = out.pts / self._frame_rate - origin_s
-            yield EncodedPacket(
-                kind=MessageKind.VIDEO,
-                data=bytes(out),
-                pts=round(media_time_s * 90_000),
-                keyframe=out.is_keyframe,
-            )
+            yield _video_packet(out, out.pts / self._frame_rate - origin_s)
 
 
 class AudioToOpus:
