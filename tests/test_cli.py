@@ -1,0 +1,308 @@
+"""The ``relaystream`` command as a user runs it: making tokens, and the demo that
+``serve`` prints on first start, copied into a shell line by line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relaystream.rtc.token import Privilege, TokenError, parse_token, verify_token
+from tests.support.net import free_port
+
+APP_ID = "0123456789abcdef01234567"
+APP_KEY = "an-app-key-for-the-cli-test"
+
+
+def relaystream(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relaystream", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def make_token(*extra: str) -> str:
+    done = relaystream(
+        "token",
+        "--app-id",
+        APP_ID,
+        "--app-key",
+        APP_KEY,
+        "--room",
+        "room-1",
+        "--user",
+        "user-1",
+        *extra,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def accepts(
+    token: str,
+    privilege: Privilege,
+    *,
+    app_key: str = APP_KEY,
+    room_id: str = "room-1",
+    user_id: str = "user-1",
+) -> bool:
+    try:
+        verify_token(
+            token,
+            app_id=APP_ID,
+            app_key=app_key,
+            room_id=room_id,
+            user_id=user_id,
+            privilege=privilege,
+        )
+    except TokenError:
+        return False
+    return True
+
+
+# --- relaystream token ---------------------------------------------------------------
+
+
+def test_token_with_publish_privilege() -> None:
+    token = make_token("--privilege", "publish")
+    assert token.startswith("001" + APP_ID)
+    assert accepts(token, Privilege.PUBLISH_STREAM)
+    assert accepts(token, Privilege.PUBLISH_AUDIO)
+    assert not accepts(token, Privilege.SUBSCRIBE_STREAM)
+    assert not accepts(token, Privilege.PUBLISH_STREAM, room_id="room-2")
+    assert not accepts(token, Privilege.PUBLISH_STREAM, user_id="user-2")
+    assert not accepts(token, Privilege.PUBLISH_STREAM, app_key="another-key")
+    assert parse_token(token)[0].expire_at == 0
+
+
+def test_token_with_subscribe_privilege() -> None:
+    token = make_token("--privilege", "subscribe")
+    assert accepts(token, Privilege.SUBSCRIBE_STREAM)
+    assert not accepts(token, Privilege.PUBLISH_STREAM)
+
+
+def test_token_default_privileges_and_expiry() -> None:
+    token = make_token("--expire-s", "3600")
+    assert accepts(token, Privilege.PUBLISH_STREAM)
+    assert accepts(token, Privilege.SUBSCRIBE_STREAM)
+    expire_at = parse_token(token)[0].expire_at
+    assert abs(expire_at - (time.time() + 3600)) < 60
+
+
+def test_token_with_a_bad_app_id() -> None:
+    done = relaystream(
+        "token", "--app-id", "short", "--app-key", APP_KEY, "--room", "r", "--user", "u"
+    )
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert "app_id" in done.stderr or "app-id" in done.stderr
+    assert "24" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_token_with_an_unknown_privilege() -> None:
+    done = relaystream(
+        "token",
+        "--app-id",
+        APP_ID,
+        "--app-key",
+        APP_KEY,
+        "--room",
+        "r",
+        "--user",
+        "u",
+        "--privilege",
+        "admin",
+    )
+    assert done.returncode != 0
+    assert "admin" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- relaystream serve without a config: the demo ------------------------------------
+
+
+@dataclass
+class DemoServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    stdout_path: Path
+    stderr_path: Path
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_demo(data_dir: Path, logs: Path) -> DemoServer:
+    """``relaystream serve`` with no config; returns once the banner is out and the
+    service answers ``/healthz`` (the banner comes first)."""
+    port = free_port()
+    logs.mkdir(parents=True, exist_ok=True)
+    stdout_path, stderr_path = logs / "stdout.txt", logs / "stderr.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYSTREAM_")}
+    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "relaystream",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=err,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+        )
+    server = DemoServer(process, port, stdout_path, stderr_path)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"serve exited with {process.returncode}:\n{server.stdout()}\n"
+                    f"{stderr_path.read_text(errors='replace')}"
+                )
+            if "Bearer token" in server.stdout():
+                try:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/healthz", timeout=1
+                    ) as response:
+                        if response.status == 200:
+                            return server
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        raise AssertionError(f"serve did not become healthy:\n{server.stdout()}")
+    except BaseException:
+        server.stop()
+        raise
+
+
+@pytest.fixture
+def demo_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def demo(demo_dir: Path, tmp_path: Path) -> Iterator[DemoServer]:
+    server = start_demo(demo_dir, tmp_path / "first")
+    yield server
+    server.stop()
+
+
+def banner_value(banner: str, label: str) -> str:
+    match = re.search(rf"^\s*{label}\s+(\S+)\s*$", banner, re.MULTILINE)
+    assert match, f"{label} not in the banner:\n{banner}"
+    return match.group(1)
+
+
+def banner_line(banner: str, pattern: str) -> str:
+    lines = [line.strip() for line in banner.splitlines() if re.search(pattern, line)]
+    assert len(lines) == 1, f"expected one line matching {pattern!r} in:\n{banner}"
+    return lines[0]
+
+
+def run_printed(export_line: str, command_line: str) -> Any:
+    """Run the printed lines, verbatim, in a fresh shell; returns the printed Result."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYSTREAM_")}
+    done = subprocess.run(
+        ["bash", "-c", f"set -e\n{export_line}\n{command_line}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, f"{command_line}\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout)
+
+
+def test_demo_banner_runs_as_printed(demo: DemoServer, demo_dir: Path, tmp_path: Path) -> None:
+    banner = demo.stdout()
+    access_key_id = banner_value(banner, "AccessKeyId")
+    assert banner_value(banner, "SecretAccessKey")
+    app_id = banner_value(banner, "AppId")
+    assert len(app_id) == 24
+    assert banner_value(banner, "AppKey")
+    assert "created" in banner
+    assert f"127.0.0.1:{demo.port}" in banner
+
+    export_line = banner_line(banner, r"^\s*export ")
+    start_line = banner_line(banner, r" api StartRelayStream ")
+    get_line = banner_line(banner, r" api GetRelayStream ")
+    stop_line = banner_line(banner, r" api StopRelayStream ")
+    assert access_key_id in export_line
+
+    assert run_printed(export_line, start_line) == "ok"
+    deadline = time.monotonic() + 30
+    task = run_printed(export_line, get_line)["Task"]
+    while task["Status"] != 2 and time.monotonic() < deadline:
+        assert task["Status"] == 1, task
+        time.sleep(0.3)
+        task = run_printed(export_line, get_line)["Task"]
+    assert task["Status"] == 2, task
+    assert task["AppId"] == app_id
+    assert "Token" not in task
+
+    assert run_printed(export_line, stop_line) == "ok"
+    deadline = time.monotonic() + 10
+    task = run_printed(export_line, get_line)["Task"]
+    while task["Status"] != 3 and time.monotonic() < deadline:
+        time.sleep(0.3)
+        task = run_printed(export_line, get_line)["Task"]
+    assert task["Status"] == 3, task
+    assert task["StopReason"] == "ApiStop"
+
+    # The account is kept: a second start with the same data dir loads it.
+    demo.stop()
+    again = start_demo(demo_dir, tmp_path / "second")
+    try:
+        second = again.stdout()
+        assert "loaded" in second
+        assert "created" not in second
+        assert banner_value(second, "AccessKeyId") == access_key_id
+        assert banner_value(second, "AppId") == app_id
+    finally:
+        again.stop()
+
+
+def test_demo_api_command_reports_errors(demo: DemoServer) -> None:
+    """A mistake in a copied command is reported on stderr with the error code."""
+    banner = demo.stdout()
+    export_line = banner_line(banner, r"^\s*export ")
+    stop_line = banner_line(banner, r" api StopRelayStream ")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAYSTREAM_")}
+    done = subprocess.run(
+        ["bash", "-c", f"{export_line}\n{stop_line}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 1
+    assert "InvalidParameter.ErrorActiveTaskNotFound" in done.stderr
+    assert "Traceback" not in done.stderr
