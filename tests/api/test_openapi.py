@@ -352,6 +352,7 @@ def test_missing_required_field(rtc: RtcService, relay_server: RelayServer, fiel
         ("AppId", "app/1"),
         ("MaxIdleTime", 4),
         ("MaxIdleTime", 601),
+        ("MaxIdleTime", "30"),
         ("Control.FrameRate", 31),
         ("Control.FrameRate", 0),
         ("Control.VideoWidth", 15),
@@ -363,6 +364,8 @@ def test_missing_required_field(rtc: RtcService, relay_server: RelayServer, fiel
         ("Control.StreamUrl", "/etc/passwd"),
         ("Control.StreamUrl", "http://[::1/x.flv"),
         ("Control.StreamUrl", ""),
+        ("Control.Loop", "yes"),
+        ("Control.StartTimeStamp", 2**64),
     ],
 )
 def test_invalid_field_is_named(

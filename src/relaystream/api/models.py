@@ -15,12 +15,15 @@ from relaystream.api.errors import ApiError, invalid_parameter, missing_paramete
 
 ID_PATTERN = r"^[a-zA-Z0-9_@\-\.]{1,128}$"
 
+UINT32_MAX = 2**32 - 1  # Unix seconds as Volcengine stores them
+
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
 class _Body(BaseModel):
-    # Unknown fields are ignored, as Volcengine does, so newer SDKs keep working.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Unknown fields are ignored, as Volcengine does, so newer SDKs keep working; known
+    # ones must have their JSON type ("30" is not a number, "yes" not a boolean).
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
 
 def _even(value: int | None) -> int | None:
@@ -32,7 +35,7 @@ class StartControl(_Body):
     StreamUrl: Annotated[str, Field(min_length=1, max_length=4096)]
     MediaType: Literal[0, 1, 2] = 0
     StreamMode: Literal[0, 1] = 0
-    StartTimeStamp: Annotated[int, Field(ge=0)] = 0
+    StartTimeStamp: Annotated[int, Field(ge=0, le=UINT32_MAX)] = 0
     Loop: bool = False
     VideoWidth: Annotated[int | None, Field(ge=16, le=1920)] = None
     VideoHeight: Annotated[int | None, Field(ge=16, le=1920)] = None
