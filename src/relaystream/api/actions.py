@@ -92,8 +92,6 @@ def _task_from_request(request: StartRelayStreamRequest) -> RelayTask:
         check_scheme(control.StreamUrl)
     except SourceError as exc:
         raise invalid_parameter("Control.StreamUrl", exc.detail) from None
-    except ValueError as exc:  # urlsplit refuses e.g. an unclosed IPv6 bracket
-        raise invalid_parameter("Control.StreamUrl", f"not a valid URL ({exc})") from None
     media_type, stream_mode = MediaType(control.MediaType), StreamMode(control.StreamMode)
     transcodes_video = stream_mode is StreamMode.TRANSCODE and media_type.wants_video
     if transcodes_video:

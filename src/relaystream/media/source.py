@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import av
 import av.container
@@ -26,9 +26,16 @@ class SourceError(Exception):
         self.detail = detail
 
 
+def _split(url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise SourceError(f"not a valid URL ({exc})") from None
+
+
 def check_scheme(url: str) -> str:
     """The URL's scheme, or SourceError if it is not one a relay may pull from."""
-    scheme = urlsplit(url).scheme.lower()
+    scheme = _split(url).scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
         allowed = ", ".join(sorted(ALLOWED_SCHEMES))
         raise SourceError(f"scheme {scheme or '(none)'!r} is not allowed; use one of {allowed}")
@@ -46,7 +53,7 @@ def check_source_address(
     check_scheme(url)
     if allow_private or any(url.startswith(prefix) for prefix in trusted_prefixes):
         return
-    host = urlsplit(url).hostname
+    host = _split(url).hostname
     if not host:
         raise SourceError("the URL has no host")
     try:
@@ -76,7 +83,7 @@ def open_source(spec: PipelineSpec) -> av.container.InputContainer:
         "analyzeduration": "2000000",
         "probesize": "2000000",
     }
-    if urlsplit(spec.url).scheme in {"http", "https"}:
+    if check_scheme(spec.url) in {"http", "https"}:
         options["reconnect"] = "1"
     try:
         return av.open(spec.url, mode="r", options=options, timeout=spec.open_timeout_s)
