@@ -90,6 +90,11 @@ async def read_message(reader: asyncio.StreamReader) -> EncodedPacket | WorkerEv
     except asyncio.IncompleteReadError as exc:
         raise WireError("truncated message payload") from exc
     if kind is MessageKind.EVENT:
-        fields = json.loads(payload)
-        return WorkerEvent(type=str(fields.pop("type")), fields=fields)
+        try:
+            fields = json.loads(payload)
+        except ValueError as exc:
+            raise WireError("event payload is not JSON") from exc
+        if not isinstance(fields, dict) or not isinstance(fields.get("type"), str):
+            raise WireError("event payload is not a JSON object with a string 'type'")
+        return WorkerEvent(type=fields.pop("type"), fields=fields)
     return EncodedPacket(kind=kind, data=payload, pts=pts, keyframe=bool(flags & _FLAG_KEYFRAME))

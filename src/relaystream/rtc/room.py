@@ -35,12 +35,17 @@ class ForwardedTrack(MediaStreamTrack):
     so N subscribers cost N packetizations and no encode.
     """
 
-    def __init__(self, kind: TrackKind, on_stop: Callable[[ForwardedTrack], None]) -> None:
+    def __init__(
+        self,
+        kind: TrackKind,
+        on_stop: Callable[[ForwardedTrack], None],
+        queue_packets: int = SUBSCRIBER_QUEUE_PACKETS,
+    ) -> None:
         super().__init__()
         self.kind = kind.value
         self._track_kind = kind
         self._on_stop = on_stop
-        self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue(SUBSCRIBER_QUEUE_PACKETS)
+        self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue(queue_packets)
         self._waiting_for_keyframe = False
         self.packets_dropped = 0
 
@@ -92,6 +97,7 @@ class PublishedTrack:
         self.kind = kind
         self._subscribers: set[ForwardedTrack] = set()
         self._gop_cache: list[av.Packet[Any]] = []
+        self._finished = False
         self.packets_in = 0
         self.bytes_in = 0
 
@@ -108,13 +114,23 @@ class PublishedTrack:
             subscriber.offer(packet)
 
     def subscribe(self) -> ForwardedTrack:
-        track = ForwardedTrack(self.kind, on_stop=self._subscribers.discard)
+        # Room for the whole cached GOP on top of the usual backlog: dropping part of
+        # it would drop the very keyframe a new viewer needs.
+        track = ForwardedTrack(
+            self.kind,
+            on_stop=self._subscribers.discard,
+            queue_packets=SUBSCRIBER_QUEUE_PACKETS + len(self._gop_cache),
+        )
+        if self._finished:
+            track.finish()
+            return track
         for packet in self._gop_cache:
             track.offer(packet)
         self._subscribers.add(track)
         return track
 
     def finish(self) -> None:
+        self._finished = True
         for subscriber in tuple(self._subscribers):
             subscriber.finish()
         self._gop_cache.clear()
@@ -145,7 +161,11 @@ class Publication:
             track.push(packet)
 
     def on_end(self, listener: Callable[[], None]) -> None:
-        self._end_listeners.append(listener)
+        """Call ``listener`` when the publication ends (at once if it already has)."""
+        if self.ended:
+            self._tell(listener)
+        else:
+            self._end_listeners.append(listener)
 
     def end(self) -> None:
         if self.ended:
@@ -154,11 +174,14 @@ class Publication:
         for track in self.tracks.values():
             track.finish()
         for listener in self._end_listeners:
-            try:
-                listener()
-            except Exception:
-                logger.exception("end listener of %s failed", self.user_id)
+            self._tell(listener)
         self.room.remove(self)
+
+    def _tell(self, listener: Callable[[], None]) -> None:
+        try:
+            listener()
+        except Exception:
+            logger.exception("end listener of %s failed", self.user_id)
 
 
 class UserAlreadyPublishing(Exception):

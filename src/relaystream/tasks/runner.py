@@ -152,8 +152,8 @@ class RelayRun:
         worker = self._worker = MediaWorker(
             pipeline_spec(self.task, self._policy), log_fields=self._log
         )
-        await worker.start()
         try:
+            await worker.start()
             async for message in worker.messages():
                 if isinstance(message, EncodedPacket):
                     first = self.stats.first_packet_at is None

@@ -1,0 +1,169 @@
+"""Stories for opening a source: which URLs a relay may pull, and why one cannot be read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relaystream.media.source import (
+    SourceError,
+    check_scheme,
+    check_source_address,
+    open_source,
+)
+from relaystream.media.spec import PipelineSpec
+from relaystream.media.testsrc import ClipSpec, make_test_clip
+from tests.support.net import free_port, static_http_server
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An HTTP server with one short clip and one file that only looks like one."""
+    root = tmp_path_factory.mktemp("served")
+    make_test_clip(root / "clip.mp4", ClipSpec(duration_s=1.0, width=160, height=90))
+    (root / "notes.mp4").write_bytes(b"These are meeting notes, not a video.\n" * 200)
+    with static_http_server(root) as base_url:
+        yield base_url
+
+
+@pytest.mark.parametrize(
+    ("url", "scheme"),
+    [
+        ("rtmp://live.example.com/app/stream", "rtmp"),
+        ("rtmps://live.example.com/app/stream", "rtmps"),
+        ("http://cdn.example.com/live.flv", "http"),
+        ("https://cdn.example.com/live/index.m3u8", "https"),
+        ("srt://ingest.example.com:9000?streamid=x", "srt"),
+        ("rtsp://camera.example.com/main", "rtsp"),
+        ("HTTP://CDN.EXAMPLE.COM/LIVE.FLV", "http"),
+        ("Rtmp://live.example.com/app/stream", "rtmp"),
+    ],
+)
+def test_streaming_schemes_are_accepted(url: str, scheme: str) -> None:
+    assert check_scheme(url) == scheme
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("file:///etc/passwd", "'file'"),
+        ("ftp://files.example.com/video.mp4", "'ftp'"),
+        ("data:video/mp4;base64,AAAA", "'data'"),
+        ("concat:http://a.example.com/1.ts|http://a.example.com/2.ts", "'concat'"),
+        ("/var/lib/relaystream/secret.mp4", "'(none)'"),
+        ("", "'(none)'"),
+    ],
+)
+def test_other_schemes_are_refused_and_named(url: str, named: str) -> None:
+    with pytest.raises(SourceError, match="not allowed") as refused:
+        check_scheme(url)
+    assert named in refused.value.detail
+    assert "rtmp" in refused.value.detail  # says what would have worked
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/live.flv",
+        "http://localhost/live.flv",
+        "rtmp://10.1.2.3/app/stream",
+        "http://192.168.1.20/cam.m3u8",
+        "http://172.16.0.5/live.flv",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:8080/live.flv",
+        "http://0.0.0.0/live.flv",
+        "http://[::ffff:127.0.0.1]/live.flv",
+    ],
+)
+def test_private_and_loopback_hosts_are_refused_by_default(url: str) -> None:
+    with pytest.raises(SourceError, match="non-public address"):
+        check_source_address(url, allow_private=False, trusted_prefixes=())
+
+    # The operator may allow them (a relay inside a private network).
+    check_source_address(url, allow_private=True, trusted_prefixes=())
+
+
+def test_a_trusted_prefix_is_allowed_even_on_loopback() -> None:
+    demo = "http://127.0.0.1:8080/demo/"
+
+    check_source_address(
+        f"{demo}clip.mp4", allow_private=False, trusted_prefixes=("https://other/", demo)
+    )
+    with pytest.raises(SourceError, match="non-public"):
+        check_source_address(
+            "http://127.0.0.1:8080/api/admin", allow_private=False, trusted_prefixes=(demo,)
+        )
+
+
+def test_a_public_address_is_allowed() -> None:
+    check_source_address("rtmp://8.8.8.8/app/stream", allow_private=False, trusted_prefixes=())
+
+
+def test_the_scheme_is_checked_even_when_private_sources_are_allowed() -> None:
+    with pytest.raises(SourceError, match="'file'"):
+        check_source_address("file:///etc/passwd", allow_private=True, trusted_prefixes=())
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_a_malformed_url_is_a_source_error(allow_private: bool) -> None:
+    url = "http://[::1/live.flv"  # the IPv6 bracket is never closed
+
+    with pytest.raises(SourceError, match="not a valid URL"):
+        check_scheme(url)
+    with pytest.raises(SourceError, match="not a valid URL"):
+        check_source_address(url, allow_private=allow_private, trusted_prefixes=())
+
+
+def test_a_url_without_a_host_is_refused() -> None:
+    with pytest.raises(SourceError, match="no host"):
+        check_source_address("http:///live.flv", allow_private=False, trusted_prefixes=())
+
+
+def test_a_host_that_does_not_resolve_is_unreachable() -> None:
+    with pytest.raises(SourceError, match="unreachable"):
+        check_source_address(
+            "http://no-such-host.invalid/live.flv", allow_private=False, trusted_prefixes=()
+        )
+
+
+def test_a_source_on_a_closed_port_is_unreachable() -> None:
+    spec = PipelineSpec(
+        url=f"http://127.0.0.1:{free_port()}/live.flv",
+        allow_private_sources=True,
+        open_timeout_s=5,
+    )
+
+    with pytest.raises(SourceError, match=r"^unreachable"):
+        open_source(spec)
+
+
+def test_a_missing_file_on_the_server_says_404(served: str) -> None:
+    with pytest.raises(SourceError, match="404"):
+        open_source(PipelineSpec(url=f"{served}/gone.mp4", allow_private_sources=True))
+
+
+def test_a_file_that_is_not_media_is_corrupt_data(served: str) -> None:
+    with pytest.raises(SourceError, match="corrupt data"):
+        open_source(PipelineSpec(url=f"{served}/notes.mp4", allow_private_sources=True))
+
+
+def test_a_private_source_is_refused_before_anything_is_fetched(served: str) -> None:
+    with pytest.raises(SourceError, match="non-public"):
+        open_source(PipelineSpec(url=f"{served}/clip.mp4"))
+
+
+def test_a_served_clip_opens_with_its_streams(served: str) -> None:
+    container = open_source(PipelineSpec(url=f"{served}/clip.mp4", allow_private_sources=True))
+    with container:
+        video = container.streams.video[0]
+        assert (video.codec_context.name, video.width, video.height) == ("h264", 160, 90)
+        assert container.streams.audio[0].codec_context.name == "aac"
+
+
+def test_a_local_path_cannot_be_opened(tmp_path: Path) -> None:
+    clip = make_test_clip(tmp_path / "clip.mp4", ClipSpec(duration_s=0.5, width=160, height=90))
+
+    with pytest.raises(SourceError, match="not allowed"):
+        open_source(PipelineSpec(url=str(clip), allow_private_sources=True))
