@@ -231,7 +231,9 @@ class AudioToOpus:
                 self._next_pts = round((float(frame.pts * frame.time_base) - origin_s) * 48_000)
             for resampled in self._resampler.resample(frame):
                 yield from self._encode(resampled)
-        if packet is None:
+        if packet is None:  # end of stream: flush the resampler, then the encoder
+            for resampled in self._resampler.resample(None):
+                yield from self._encode(resampled)
             yield from self._encode(None)
 
     def _encode(self, frame: av.AudioFrame | None) -> Iterator[EncodedPacket]:
