@@ -18,6 +18,8 @@ SECRET_ACCESS_KEY = "dGVzdC1zZWNyZXQta2V5"
 APP_ID = "5f8a1c2b3d4e5f6a7b8c9d0e"
 APP_KEY = "0123456789abcdef0123456789abcdef"
 OTHER_APP_ID = "aaaaaaaaaaaaaaaaaaaaaaaa"  # exists, but the test access key does not own it
+LIMITED_APP_ID = "cccccccccccccccccccccccc"  # owned by the test access key, 3 requests/s
+LIMITED_APP_QPS = 3
 
 
 @dataclass
@@ -75,7 +77,7 @@ region = "cn-north-1"
 [[access_keys]]
 id = "{ACCESS_KEY_ID}"
 secret = "{SECRET_ACCESS_KEY}"
-apps = ["{APP_ID}"]
+apps = ["{APP_ID}", "{LIMITED_APP_ID}"]
 
 [[access_keys]]
 id = "AKLTother"
@@ -89,6 +91,11 @@ app_key = "{APP_KEY}"
 [[apps]]
 app_id = "{OTHER_APP_ID}"
 app_key = "fedcba9876543210fedcba9876543210"
+
+[[apps]]
+app_id = "{LIMITED_APP_ID}"
+app_key = "00000000000000000000000000000000"
+qps_limit = {LIMITED_APP_QPS}
 
 [sources]
 allow_private = {"true" if allow_private else "false"}

@@ -9,12 +9,14 @@ from typing import Any
 from relaystream.api.errors import (
     INVALID_NOT_EXIST_APP_ID,
     NO_PERMISSION_FOR_APP,
+    QPS_OVER_LIMIT,
     ApiError,
     invalid_parameter,
     missing_parameter,
     task_not_found,
 )
 from relaystream.api.models import StartRelayStreamRequest, TaskKeyRequest, parse
+from relaystream.api.ratelimit import RateLimiter
 from relaystream.config import Config
 from relaystream.media.source import SourceError, check_scheme
 from relaystream.media.spec import MediaType, StreamMode
@@ -38,6 +40,7 @@ class Actions:
     def __init__(self, config: Config, tasks: TaskService) -> None:
         self._config = config
         self._tasks = tasks
+        self._rate_limiter = RateLimiter()
 
     def table(self) -> dict[str, Handler]:
         """Action name → handler; GET is allowed only for the read actions."""
@@ -50,12 +53,18 @@ class Actions:
     read_only_actions = frozenset({"GetRelayStream", "ListRelayStream"})
 
     def _authorize_app(self, caller: Caller, app_id: str) -> None:
-        if self._config.app(app_id) is None:
+        app = self._config.app(app_id)
+        if app is None:
             raise ApiError(INVALID_NOT_EXIST_APP_ID, f"The AppId {app_id} does not exist.")
         if app_id not in self._config.apps_of(caller.access_key_id):
             raise ApiError(
                 NO_PERMISSION_FOR_APP,
                 f"The access key {caller.access_key_id} has no permission for AppId {app_id}.",
+            )
+        if not self._rate_limiter.allow(app_id, app.qps_limit):
+            raise ApiError(
+                QPS_OVER_LIMIT,
+                f"AppId {app_id} is over its limit of {app.qps_limit} requests per second.",
             )
 
     async def start_relay_stream(self, caller: Caller, body: dict[str, Any]) -> str:
