@@ -19,6 +19,7 @@ import pytest
 
 from relaystream.rtc.token import Privilege, TokenError, parse_token, verify_token
 from tests.support.net import free_port
+from tests.support.server import stop_process
 
 APP_ID = "0123456789abcdef01234567"
 APP_KEY = "an-app-key-for-the-cli-test"
@@ -146,13 +147,7 @@ class DemoServer:
         return self.stdout_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_demo(data_dir: Path, logs: Path) -> DemoServer:
