@@ -76,7 +76,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
             return web.json_response({"status": "starting"}, status=503)
         return web.json_response({"status": "ok"})
 
-    app = web.Application(client_max_size=1 << 20)
+    app = web.Application(client_max_size=1 << 20, middlewares=[whep.cors])
     app.add_routes(OpenApiEndpoint(config, Actions(config, tasks)).routes())
     app.add_routes(whep.routes())
     app.add_routes([web.get("/healthz", healthz)])

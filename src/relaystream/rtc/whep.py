@@ -11,19 +11,30 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription, sdp
 from aiortc.exceptions import OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from relaystream.rtc.room import Publication, RoomRegistry, TrackKind
+from relaystream.rtc.room import ForwardedTrack, Publication, RoomRegistry, TrackKind
 from relaystream.rtc.token import Privilege, TokenError, parse_token, verify_token
 
 logger = logging.getLogger(__name__)
 
 AppKeyLookup = Callable[[str], str | None]
+# A viewer that has not connected by then never will (ICE gives up well before).
+CONNECT_TIMEOUT_S = 30.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Expose-Headers": "Location",
+}
 
 
 def h264_only() -> list[RTCRtpCodecCapability]:
@@ -67,7 +78,27 @@ class WhepEndpoint:
         return [
             web.post("/whep/{app_id}/{room_id}/{user_id}", self.subscribe),
             web.delete("/whep/sessions/{session_id}", self.unsubscribe),
+            web.options("/whep/{tail:.*}", self.preflight),
         ]
+
+    @web.middleware
+    async def cors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Let WHEP players served from any origin use these endpoints.
+
+        Safe with ``*``: the credential is a bearer token the page holds, never a cookie.
+        """
+        if not request.path.startswith("/whep/"):
+            return await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers.update(_CORS_HEADERS)
+            raise
+        response.headers.update(_CORS_HEADERS)
+        return response
+
+    async def preflight(self, _: web.Request) -> web.Response:
+        return web.Response(status=204)
 
     @property
     def session_count(self) -> int:
@@ -133,20 +164,26 @@ class WhepEndpoint:
         # Host candidates only: the viewer reaches us directly (same machine or LAN).
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         session = WhepSession(secrets.token_urlsafe(16), pc, publication)
+        tracks: list[ForwardedTrack] = []
         try:
             # Transceivers (with H.264 as the only video codec) must exist before the
             # offer is applied: that is when aiortc settles the codecs of the answer.
-            for kind in _offered_kinds(offer):
-                published = publication.tracks.get(kind)
-                if published is None:
-                    continue
-                transceiver = pc.addTransceiver(published.subscribe(), direction="sendonly")
+            wanted = [kind for kind in _offered_kinds(offer) if kind in publication.tracks]
+            if not wanted:
+                published = ", ".join(sorted(publication.tracks)) or "nothing"
+                raise ValueError(f"it asks for no track this publisher has ({published})")
+            for kind in wanted:
+                track = publication.tracks[kind].subscribe()
+                tracks.append(track)
+                transceiver = pc.addTransceiver(track, direction="sendonly")
                 if kind is TrackKind.VIDEO:
                     transceiver.setCodecPreferences(h264_only())
             await pc.setRemoteDescription(offer)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception:
             await pc.close()
+            for track in tracks:  # a sender that never started does not stop its track
+                track.stop()
             raise
         self._sessions[session.session_id] = session
         publication.on_end(lambda: self._close_soon(session))
@@ -156,7 +193,15 @@ class WhepEndpoint:
             if pc.connectionState in {"failed", "closed"}:
                 await self._close(session)
 
+        asyncio.get_running_loop().call_later(
+            CONNECT_TIMEOUT_S, self._close_if_unconnected, session
+        )
+
         return session
+
+    def _close_if_unconnected(self, session: WhepSession) -> None:
+        if session.pc.connectionState != "connected":
+            self._close_soon(session)
 
     def _close_soon(self, session: WhepSession) -> None:
         closing = asyncio.ensure_future(self._close(session))
