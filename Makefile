@@ -4,9 +4,6 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# System packages the tests use: the ffmpeg CLI (reference and RTMP publisher) and
-# nginx with the RTMP module (a real RTMP server).
-APT_PACKAGES := ffmpeg nginx libnginx-mod-rtmp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint check-system-deps clean
@@ -36,11 +33,15 @@ $(VENV)/.test-installed: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@ $(VENV)/.run-installed
 
+# System packages the tests use, installed only when missing: the ffmpeg CLI (reference
+# and live RTMP publisher), nginx with the RTMP module (a real RTMP server), and
+# Chromium (a real browser viewer).
 check-system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	[ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing="$$missing libnginx-mod-rtmp"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && \
