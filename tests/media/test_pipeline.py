@@ -245,7 +245,20 @@ def test_the_opened_event_describes_the_input(remuxed: Relayed) -> None:
     video, audio = opened.fields["input"]["video"], opened.fields["input"]["audio"]
     assert (video["codec"], video["width"], video["height"]) == ("h264", *SOURCE_SIZE)
     assert video["frame_rate"] == SOURCE_FPS
+    assert video["b_frames"] is False
     assert (audio["codec"], audio["sample_rate"], audio["channels"]) == ("aac", 44_100, 2)
+
+
+def test_the_opened_event_says_when_the_video_has_b_frames(tmp_path: Path) -> None:
+    make_test_clip(tmp_path / "vod.mp4", ClipSpec(duration_s=0.5, width=160, height=90, b_frames=2))
+    events: list[WorkerEvent] = []
+    with static_http_server(tmp_path) as base_url:
+        spec = PipelineSpec(
+            url=f"{base_url}/vod.mp4", stream_mode=StreamMode.REMUX, allow_private_sources=True
+        )
+        RelayPipeline(spec, lambda _: None, events.append).run()
+
+    assert events[0].fields["input"]["video"]["b_frames"] is True
 
 
 def test_the_last_event_counts_what_was_read(remuxed: Relayed) -> None:

@@ -292,6 +292,9 @@ def describe_tracks(tracks: SelectedTracks) -> dict[str, Any]:
             "height": video.height,
             "frame_rate": float(rate) if rate else None,
             "bitrate_kbps": (video.bit_rate or 0) // 1000 or None,
+            # WebRTC receivers do not reorder frames: a remuxed stream with B-frames
+            # plays jerkily or not at all, so say so where the user looks.
+            "b_frames": bool(video.has_b_frames),
         }
     if tracks.audio is not None:
         audio = tracks.audio.codec_context

@@ -28,6 +28,9 @@ class ClipSpec:
     height: int = 360
     frame_rate: int = 30
     keyframe_interval_s: float = 1.0
+    # Live encoders send none, since WebRTC receivers expect decode order to be
+    # display order; VOD files often have some.
+    b_frames: int = 0
     video_codec: str = "libx264"
     audio_codec: str | None = "aac"
     audio_rate: int = 44_100
@@ -71,9 +74,7 @@ def _add_video_stream(out: av.container.OutputContainer, clip: ClipSpec) -> av.V
     stream.height = clip.height
     stream.pix_fmt = "yuv420p"
     stream.codec_context.gop_size = max(1, round(clip.keyframe_interval_s * clip.frame_rate))
-    # No B-frames, like live encoders: WebRTC receivers expect decode order to be
-    # display order.
-    stream.codec_context.max_b_frames = 0
+    stream.codec_context.max_b_frames = clip.b_frames
     if clip.video_codec == "libx264":
         stream.codec_context.options = {"preset": "veryfast"}
     return stream
