@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -520,6 +521,22 @@ def test_start_twice_get_stop_and_start_again(
         assert rerun["StopReason"] == ""
         rerun = wait_for_status(rtc, room, task, 2)
         assert rerun["StartTime"] >= stopped["EndTime"]
+    finally:
+        stop_quietly(rtc, room, task)
+
+
+def test_concurrent_starts_of_one_task_start_it_once(
+    rtc: RtcService, relay_server: RelayServer, media_url: str
+) -> None:
+    room, task, user = "room-race", "task-race", "user-race"
+    body = start_body(relay_server, room, task, user, f"{media_url}/clip.flv")
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(
+                pool.map(lambda _: rtc.action("StartRelayStream", body)["Result"], range(4))
+            )
+        assert sorted(results) == sorted(["ok", *[ALREADY_STARTED] * 3])
+        assert wait_for_status(rtc, room, task, 2)["UserId"] == user
     finally:
         stop_quietly(rtc, room, task)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -38,8 +39,15 @@ class TaskService:
     ) -> None:
         self._supervisor = supervisor
         self._app_key_for = app_key_for
+        self._start_lock = asyncio.Lock()
 
     async def start(self, task: RelayTask) -> StartResult:
+        # One start at a time: two concurrent starts of one task (or of two tasks for
+        # one user) must not both pass the checks below.
+        async with self._start_lock:
+            return await self._start(task)
+
+    async def _start(self, task: RelayTask) -> StartResult:
         existing = await self._supervisor.load(task.key)
         if existing is not None and existing.active:
             return StartResult.ALREADY_ACTIVE
