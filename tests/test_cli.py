@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -300,4 +301,24 @@ def test_demo_api_command_reports_errors(demo: DemoServer) -> None:
     )
     assert done.returncode == 1
     assert "InvalidParameter.ErrorActiveTaskNotFound" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = relaystream("serve", "--port", str(port), "--data-dir", str(tmp_path))
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_with_a_broken_config_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "relaystream.toml"
+    config.write_text('[[apps]]\napp_id = "short"\napp_key = "k"\n')
+    done = relaystream("serve", "--config", str(config), "--data-dir", str(tmp_path))
+    assert done.returncode == 2
+    assert "apps.0.app_id" in done.stderr
     assert "Traceback" not in done.stderr

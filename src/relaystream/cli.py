@@ -127,7 +127,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(config=config, data_dir=args.data_dir, host=args.host, port=args.port)
     if not args.config:
         print(_demo_banner(settings, demo_created), flush=True)
-    web.run_app(build_app(settings), host=args.host, port=args.port, print=None)
+    try:
+        web.run_app(build_app(settings), host=args.host, port=args.port, print=None)
+    except OSError as exc:  # typically: the port is taken
+        print(
+            f"relaystream serve: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
