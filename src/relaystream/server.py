@@ -59,7 +59,6 @@ def ensure_demo_clip(data_dir: Path) -> Path:
 async def build_app(settings: ServerSettings) -> web.Application:
     config = settings.config
     use_ice_addresses(config.rtc.ice_addresses)
-    clip = await asyncio.to_thread(ensure_demo_clip, settings.data_dir)
     store = await SqliteTaskStore.open(settings.data_dir / "relaystream.db")
     rooms = RoomRegistry()
     policy = SourcePolicy(
@@ -71,6 +70,13 @@ async def build_app(settings: ServerSettings) -> web.Application:
     whep = WhepEndpoint(rooms, config.app_key_for)
     ready = asyncio.Event()
 
+    # Made on first start in the background: the service is ready at once, and the
+    # first relay of the demo waits for the clip (a few seconds) instead.
+    demo_clip_made = asyncio.ensure_future(asyncio.to_thread(ensure_demo_clip, settings.data_dir))
+
+    async def demo_clip(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(await asyncio.shield(demo_clip_made))
+
     async def healthz(_: web.Request) -> web.Response:
         if not ready.is_set():
             return web.json_response({"status": "starting"}, status=503)
@@ -80,7 +86,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
     app.add_routes(OpenApiEndpoint(config, Actions(config, tasks)).routes())
     app.add_routes(whep.routes())
     app.add_routes([web.get("/healthz", healthz)])
-    app.router.add_static("/demo/", clip.parent)
+    app.add_routes([web.get(f"/demo/{DEMO_CLIP_NAME}", demo_clip)])
 
     async def on_startup(_: web.Application) -> None:
         resumed = await supervisor.resume()
@@ -89,6 +95,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
         ready.set()
 
     async def on_cleanup(_: web.Application) -> None:
+        await asyncio.gather(demo_clip_made, return_exceptions=True)
         await supervisor.shutdown()
         await whep.close_all()
         await store.close()
