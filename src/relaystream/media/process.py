@@ -35,10 +35,6 @@ class MediaWorker:
         self._stderr_task: asyncio.Task[None] | None = None
         self._log_prefix = " ".join(f"{k}={v}" for k, v in (log_fields or {}).items())
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
     def cpu_seconds(self) -> float:
         """User + system CPU time the worker has used so far (0 once it has exited)."""
         if self._process is None or self._process.returncode is not None:

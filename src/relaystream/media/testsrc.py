@@ -49,7 +49,7 @@ def make_test_clip(path: Path, clip: ClipSpec | None = None) -> Path:
         for index, frame in enumerate(_pattern_frames(clip)):
             frame_time_s = index / clip.frame_rate
             while audio_out is not None and pending_audio is not None:
-                if pending_audio.samples and _seconds(pending_audio) > frame_time_s:
+                if _seconds(pending_audio) > frame_time_s:
                     break
                 out.mux(audio_out.encode(pending_audio))
                 pending_audio = next(tone, None)

@@ -11,8 +11,7 @@ from typing import Any, Protocol
 import av
 
 from relaystream.rtc.room import Publication, RoomRegistry, TrackKind, UserAlreadyPublishing
-from relaystream.rtc.token import Privilege, TokenError, verify_token
-from relaystream.rtc.whep import AppKeyLookup
+from relaystream.rtc.token import AppKeyLookup, Privilege, TokenError, verify_token
 
 
 class JoinRefused(Exception):

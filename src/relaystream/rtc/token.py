@@ -23,7 +23,7 @@ import hmac
 import secrets
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from types import MappingProxyType
@@ -41,6 +41,9 @@ __all__ = [
 
 VERSION = "001"
 APP_ID_LENGTH = 24
+
+# Where the tokens' signing key comes from: AppId -> AppKey, None for an unknown AppId.
+AppKeyLookup = Callable[[str], str | None]
 
 _HEADER_LENGTH = len(VERSION) + APP_ID_LENGTH
 _SIGNATURE_LENGTH = hashlib.sha256().digest_size

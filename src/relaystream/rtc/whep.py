@@ -19,11 +19,16 @@ from aiortc.exceptions import OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from relaystream.rtc.room import ForwardedTrack, Publication, RoomRegistry, TrackKind
-from relaystream.rtc.token import Privilege, TokenError, parse_token, verify_token
+from relaystream.rtc.token import (
+    AppKeyLookup,
+    Privilege,
+    TokenError,
+    parse_token,
+    verify_token,
+)
 
 logger = logging.getLogger(__name__)
 
-AppKeyLookup = Callable[[str], str | None]
 # A viewer that has not connected by then never will (ICE gives up well before).
 CONNECT_TIMEOUT_S = 30.0
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from relaystream.rtc.token import Privilege, TokenError, verify_token
+from relaystream.rtc.token import AppKeyLookup, Privilege, TokenError, verify_token
 from relaystream.tasks.model import RelayTask, StopReason, TaskKey
 from relaystream.tasks.runner import RunStats
 from relaystream.tasks.supervisor import TaskSupervisor
@@ -34,9 +33,7 @@ class TaskView:
 
 
 class TaskService:
-    def __init__(
-        self, supervisor: TaskSupervisor, app_key_for: Callable[[str], str | None]
-    ) -> None:
+    def __init__(self, supervisor: TaskSupervisor, app_key_for: AppKeyLookup) -> None:
         self._supervisor = supervisor
         self._app_key_for = app_key_for
         self._start_lock = asyncio.Lock()
