@@ -32,6 +32,7 @@ __all__ = [
     "APP_ID_LENGTH",
     "VERSION",
     "AccessToken",
+    "AppKeyLookup",
     "Privilege",
     "TokenError",
     "generate_token",
