@@ -52,7 +52,6 @@ from bench.common import (
 )
 from relaystream.media.pipeline import VideoRemuxer
 from relaystream.media.wire import VIDEO_CLOCK, EncodedPacket
-from relaystream.rtc.ice import use_ice_addresses
 from relaystream.rtc.room import Publication, RoomRegistry, TrackKind
 from relaystream.rtc.token import Privilege, generate_token
 from relaystream.rtc.whep import WhepEndpoint
@@ -136,7 +135,6 @@ def reply(message: dict[str, Any]) -> None:
 
 
 async def run_sfu(clip: Path) -> None:
-    use_ice_addresses(["127.0.0.1"])
     packets, length = load_annexb(clip)
     rooms = RoomRegistry()
     whep = WhepEndpoint(rooms, lambda app_id: APP_KEY if app_id == APP_ID else None)
@@ -215,7 +213,6 @@ def count_received_frames() -> list[CountingDecoder]:
 async def run_viewers(count: int, url: str, token: str) -> None:
     from tests.support.viewer import WhepViewer
 
-    use_ice_addresses(["127.0.0.1"])
     decoders = count_received_frames()
     viewers = [WhepViewer(url, token, kinds=("video",)) for _ in range(count)]
     commands = await stdin_lines()

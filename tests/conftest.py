@@ -7,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from relaystream.rtc.ice import use_ice_addresses
 from tests.support.clips import make_clips
 from tests.support.net import static_http_server
 from tests.support.sdk import RtcService
 from tests.support.server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, RelayServer, start_server
-
-
-@pytest.fixture(scope="session", autouse=True)
-def loopback_ice() -> None:
-    """Viewers in the test process offer loopback ICE candidates, like the server."""
-    use_ice_addresses(["127.0.0.1"])
 
 
 @pytest.fixture(scope="session")

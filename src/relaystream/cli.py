@@ -17,6 +17,7 @@ from relaystream.client import RelayStreamClient, RelayStreamError
 from relaystream.config import Config, ConfigError, demo_config, load_config
 from relaystream.rtc.token import Privilege, generate_token
 from relaystream.server import DEMO_CLIP_NAME, ServerSettings, build_app
+from relaystream.tls import server_tls_context
 
 _PRIVILEGES = {
     "publish": Privilege.PUBLISH_STREAM,
@@ -37,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--data-dir", type=Path, default=Path("data"))
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate (chain): serve HTTPS")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
 
     token = commands.add_parser("token", help="print an RTC AccessToken")
     token.add_argument("--app-id", required=True)
@@ -121,14 +124,27 @@ def _serve(args: argparse.Namespace) -> int:
             config, demo_created = load_config(args.config), False
         else:
             config, demo_created = demo_config(args.data_dir)
+        cert = args.tls_cert or config.server.tls_cert
+        key = args.tls_key or config.server.tls_key
+        if (cert is None) != (key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        tls = server_tls_context(cert, key) if cert and key else None
     except ConfigError as exc:
         print(f"relaystream serve: {exc}", file=sys.stderr)
         return 2
-    settings = ServerSettings(config=config, data_dir=args.data_dir, host=args.host, port=args.port)
+    settings = ServerSettings(
+        config=config,
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        tls=tls is not None,
+    )
     if not args.config:
         print(_demo_banner(settings, demo_created), flush=True)
     try:
-        web.run_app(build_app(settings), host=args.host, port=args.port, print=None)
+        web.run_app(
+            build_app(settings), host=args.host, port=args.port, ssl_context=tls, print=None
+        )
     except OSError as exc:  # typically: the port is taken
         print(
             f"relaystream serve: cannot listen on {args.host}:{args.port}: {exc.strerror}",

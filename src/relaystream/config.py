@@ -6,6 +6,7 @@ falls back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import string
 import tomllib
@@ -48,10 +49,52 @@ class TasksConfig(_Strict):
     lifetime_s: Annotated[int, Field(gt=0)] = 72 * 3600
 
 
+class IceServerConfig(_Strict):
+    """A STUN or TURN server handed to browsers (never used by the server itself)."""
+
+    urls: Annotated[tuple[str, ...], Field(min_length=1)]
+    username: str | None = None
+    credential: Annotated[str | None, Field(repr=False)] = None
+
+
 class RtcConfig(_Strict):
-    # Host candidates offered to viewers; loopback by default, since the server
-    # listens on 127.0.0.1 unless told otherwise.
+    # Local addresses the SFU binds its ICE host candidates on; loopback by default,
+    # since the server listens on 127.0.0.1 unless told otherwise. "0.0.0.0" binds all.
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)
+    # What viewers are told instead of the bound addresses: a 1:1 NAT's public address.
+    announced_addresses: tuple[str, ...] = ()
+    ice_servers: tuple[IceServerConfig, ...] = ()
+    # Bounds on an SDP offer, checked before it is parsed.
+    max_offer_bytes: Annotated[int, Field(gt=0)] = 32 * 1024
+    max_offer_media: Annotated[int, Field(gt=0)] = 16
+    max_offer_candidates: Annotated[int, Field(ge=0)] = 64
+    # Open WHEP/WHIP sessions; over either cap a new one is refused with 503.
+    max_sessions_per_room: Annotated[int, Field(gt=0)] = 100
+    max_sessions: Annotated[int, Field(gt=0)] = 500
+    # A session not connected by then is closed.
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _addresses_are_ip_literals(self) -> RtcConfig:
+        for key in ("ice_addresses", "announced_addresses"):
+            for address in getattr(self, key):
+                try:
+                    ipaddress.ip_address(address)
+                except ValueError:
+                    raise ValueError(f"{key}: {address!r} is not an IP address") from None
+        return self
+
+
+class ServerConfig(_Strict):
+    # HTTPS for everything the server answers (API, WHEP/WHIP, pages): PEM files.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
 
 class Config(_Strict):
@@ -61,6 +104,7 @@ class Config(_Strict):
     sources: SourcesConfig = SourcesConfig()
     tasks: TasksConfig = TasksConfig()
     rtc: RtcConfig = RtcConfig()
+    server: ServerConfig = ServerConfig()
 
     @model_validator(mode="after")
     def _apps_exist(self) -> Config:

@@ -11,12 +11,15 @@ from aiohttp import web
 
 from relaystream.api.actions import Actions
 from relaystream.api.app import OpenApiEndpoint
-from relaystream.config import Config
+from relaystream.config import Config, RtcConfig
 from relaystream.media.testsrc import ClipSpec, make_test_clip
-from relaystream.rtc.ice import use_ice_addresses
+from relaystream.rtc.ice import IceAddresses
+from relaystream.rtc.ice_servers import IceServer
+from relaystream.rtc.offer_bounds import OfferBounds
 from relaystream.rtc.publisher import EmbeddedRoomConnector
 from relaystream.rtc.room import RoomRegistry
-from relaystream.rtc.whep import WhepEndpoint
+from relaystream.rtc.session_caps import SessionLimits
+from relaystream.rtc.whep import WhepEndpoint, WhepSettings
 from relaystream.store.sqlite import SqliteTaskStore
 from relaystream.tasks.runner import SourcePolicy
 from relaystream.tasks.service import TaskService
@@ -34,10 +37,11 @@ class ServerSettings:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 8080
+    tls: bool = False
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def demo_url_prefix(self) -> str:
@@ -56,9 +60,25 @@ def ensure_demo_clip(data_dir: Path) -> Path:
     return clip
 
 
+def whep_settings(rtc: RtcConfig) -> WhepSettings:
+    return WhepSettings(
+        offer_bounds=OfferBounds(
+            max_bytes=rtc.max_offer_bytes,
+            max_media=rtc.max_offer_media,
+            max_candidates=rtc.max_offer_candidates,
+        ),
+        session_limits=SessionLimits(per_room=rtc.max_sessions_per_room, per_node=rtc.max_sessions),
+        connect_timeout_s=rtc.connect_timeout_s,
+        ice_addresses=IceAddresses(local=rtc.ice_addresses, announced=rtc.announced_addresses),
+        ice_servers=tuple(
+            IceServer(urls=s.urls, username=s.username, credential=s.credential)
+            for s in rtc.ice_servers
+        ),
+    )
+
+
 async def build_app(settings: ServerSettings) -> web.Application:
     config = settings.config
-    use_ice_addresses(config.rtc.ice_addresses)
     store = await SqliteTaskStore.open(settings.data_dir / "relaystream.db")
     rooms = RoomRegistry()
     policy = SourcePolicy(
@@ -67,7 +87,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
     )
     supervisor = TaskSupervisor(store, EmbeddedRoomConnector(rooms, config.app_key_for), policy)
     tasks = TaskService(supervisor, config.app_key_for)
-    whep = WhepEndpoint(rooms, config.app_key_for)
+    whep = WhepEndpoint(rooms, config.app_key_for, whep_settings(config.rtc))
     ready = asyncio.Event()
 
     # Made on first start in the background: the service is ready at once, and the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 import time
 from dataclasses import dataclass, field
 
@@ -10,6 +11,8 @@ import aiohttp
 import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from relaystream.rtc.ice import IceAddresses, use_ice_addresses
 
 
 class WhepRefused(Exception):
@@ -53,11 +56,24 @@ class DecodedTrack:
         return (len(self.frames) - 1) / self.duration_s() if self.duration_s() else 0.0
 
 
+LOOPBACK = IceAddresses(local=("127.0.0.1",))
+
+
 class WhepViewer:
-    def __init__(self, whep_url: str, token: str, kinds: tuple[str, ...] = ("audio", "video")):
+    def __init__(
+        self,
+        whep_url: str,
+        token: str,
+        kinds: tuple[str, ...] = ("audio", "video"),
+        *,
+        ice_addresses: IceAddresses = LOOPBACK,
+        ssl: ssl_module.SSLContext | None = None,
+    ):
         self.whep_url = whep_url
         self.token = token
         self.kinds = kinds
+        self.ice_addresses = ice_addresses  # loopback unless the test plays another host
+        self.ssl = ssl
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.tracks: dict[str, DecodedTrack] = {}
         self.session_url: str | None = None
@@ -66,6 +82,7 @@ class WhepViewer:
     async def connect(self) -> None:
         for kind in self.kinds:
             self.pc.addTransceiver(kind, direction="recvonly")
+        use_ice_addresses(self.pc, self.ice_addresses)
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -73,7 +90,7 @@ class WhepViewer:
             self._readers.append(asyncio.ensure_future(self._read(track, decoded)))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(connector=self._connector()) as http:
             response = await http.post(
                 self.whep_url,
                 data=self.pc.localDescription.sdp,
@@ -89,6 +106,9 @@ class WhepViewer:
             location = response.headers["Location"]
         self.session_url = str(aiohttp.client.URL(self.whep_url).join(aiohttp.client.URL(location)))
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
+
+    def _connector(self) -> aiohttp.TCPConnector:
+        return aiohttp.TCPConnector(ssl=self.ssl) if self.ssl else aiohttp.TCPConnector()
 
     async def _read(self, track: MediaStreamTrack, decoded: DecodedTrack) -> None:
         try:
@@ -113,7 +133,7 @@ class WhepViewer:
 
     async def close(self) -> None:
         if self.session_url:
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(connector=self._connector()) as http:
                 await http.delete(self.session_url)
         await self.pc.close()
         for reader in self._readers:

@@ -6,6 +6,7 @@ endpoint) implements the same two protocols.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import av
@@ -29,6 +30,12 @@ class RoomPublisher(Protocol):
 
     def send(self, kind: TrackKind, packet: av.Packet[Any]) -> None: ...
 
+    def on_keyframe_request(self, handler: Callable[[], None]) -> None:
+        """Call ``handler`` when viewers need a keyframe (PLI/FIR), at most about once a
+        second: a transcoding publisher encodes one; a forwarding one cannot and waits
+        for the source's next."""
+        ...
+
     async def leave(self) -> None: ...
 
 
@@ -50,6 +57,9 @@ class EmbeddedPublisher:
 
     def send(self, kind: TrackKind, packet: av.Packet[Any]) -> None:
         self._publication.send(kind, packet)
+
+    def on_keyframe_request(self, handler: Callable[[], None]) -> None:
+        self._publication.on_keyframe_request(handler)
 
     async def leave(self) -> None:
         self._publication.end()

@@ -17,6 +17,8 @@ from typing import Any
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from relaystream.rtc.keyframe_requests import KeyframeRequests
+
 logger = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE_PACKETS = 256
@@ -146,13 +148,15 @@ class PublishedTrack:
 
 
 class Publication:
-    """A participant publishing in a room: its tracks and who listens for its end."""
+    """A participant publishing in a room: its tracks, who listens for its end, and
+    where its viewers' keyframe requests go."""
 
     def __init__(self, room: Room, user_id: str, kinds: frozenset[TrackKind]) -> None:
         self.room = room
         self.user_id = user_id
         self.tracks = {kind: PublishedTrack(kind) for kind in kinds}
         self._end_listeners: list[Callable[[], None]] = []
+        self.keyframe_requests = KeyframeRequests()
         self.ended = False
 
     def send(self, kind: TrackKind, packet: av.Packet[Any]) -> None:
@@ -160,17 +164,38 @@ class Publication:
         if track is not None and not self.ended:
             track.push(packet)
 
-    def on_end(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` when the publication ends (at once if it already has)."""
+    def on_end(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` when the publication ends (at once if it already has).
+
+        Returns what removes the listener: a viewer that leaves first must not stay
+        referenced for the publication's whole life.
+        """
         if self.ended:
             self._tell(listener)
         else:
             self._end_listeners.append(listener)
 
+        def remove() -> None:
+            if listener in self._end_listeners:
+                self._end_listeners.remove(listener)
+
+        return remove
+
+    def request_keyframe(self) -> None:
+        """A viewer needs a keyframe; passed to the publisher, rate limited."""
+        if not self.ended:
+            self.keyframe_requests.request()
+
+    def on_keyframe_request(self, handler: Callable[[], None]) -> Callable[[], None]:
+        """Call ``handler`` when the publisher should send a keyframe; returns what
+        unsubscribes it."""
+        return self.keyframe_requests.subscribe(handler)
+
     def end(self) -> None:
         if self.ended:
             return
         self.ended = True
+        self.keyframe_requests.close()
         for track in self.tracks.values():
             track.finish()
         for listener in self._end_listeners:

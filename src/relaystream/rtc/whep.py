@@ -12,13 +12,19 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription, sdp
 from aiortc.exceptions import OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
+from relaystream.rtc.ice import IceAddresses, use_ice_addresses
+from relaystream.rtc.ice_servers import IceServer, link_headers
+from relaystream.rtc.keyframe_requests import forward_keyframe_requests
+from relaystream.rtc.offer_bounds import OfferBounds, read_offer
 from relaystream.rtc.room import ForwardedTrack, Publication, RoomRegistry, TrackKind
+from relaystream.rtc.session_caps import SessionCaps, SessionLimits, SessionSlot
 from relaystream.rtc.token import (
     AppKeyLookup,
     Privilege,
@@ -30,7 +36,7 @@ from relaystream.rtc.token import (
 logger = logging.getLogger(__name__)
 
 # A viewer that has not connected by then never will (ICE gives up well before).
-CONNECT_TIMEOUT_S = 30.0
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -38,7 +44,7 @@ _CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type",
-    "Access-Control-Expose-Headers": "Location",
+    "Access-Control-Expose-Headers": "Location, Link",
 }
 
 
@@ -61,21 +67,46 @@ def _offered_kinds(offer: RTCSessionDescription) -> list[TrackKind]:
     return [TrackKind(m.kind) for m in media if m.kind in {"audio", "video"}]
 
 
-class WhepSession:
-    """One viewer's peer connection to one publication."""
+@dataclass(frozen=True)
+class WhepSettings:
+    """What the operator sets in ``[rtc]`` for viewers' sessions."""
 
-    def __init__(self, session_id: str, pc: RTCPeerConnection, publication: Publication) -> None:
-        self.session_id = session_id
-        self.pc = pc
-        self.publication = publication
+    offer_bounds: OfferBounds = field(default_factory=OfferBounds)
+    session_limits: SessionLimits = field(default_factory=SessionLimits)
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    ice_addresses: IceAddresses = field(default_factory=IceAddresses)
+    ice_servers: tuple[IceServer, ...] = ()
+
+
+@dataclass(eq=False)
+class WhepSession:
+    """One viewer's peer connection to one publication, and everything that must be
+    released with it."""
+
+    session_id: str
+    pc: RTCPeerConnection
+    publication: Publication
+    slot: SessionSlot
+    tracks: list[ForwardedTrack] = field(default_factory=list)
+    # Set once the session is registered; each undoes one reference the session is
+    # held by (the publication's end listeners, the connect timer).
+    releases: list[Callable[[], object]] = field(default_factory=list)
 
 
 class WhepEndpoint:
     """The WHEP routes and the sessions they created."""
 
-    def __init__(self, rooms: RoomRegistry, app_key_for: AppKeyLookup) -> None:
+    def __init__(
+        self,
+        rooms: RoomRegistry,
+        app_key_for: AppKeyLookup,
+        settings: WhepSettings | None = None,
+    ) -> None:
         self._rooms = rooms
         self._app_key_for = app_key_for
+        self._settings = settings or WhepSettings()
+        self._caps = SessionCaps(self._settings.session_limits)
+        self._links = link_headers(self._settings.ice_servers)
         self._sessions: dict[str, WhepSession] = {}
         self._closing: set[asyncio.Future[None]] = set()
 
@@ -103,7 +134,13 @@ class WhepEndpoint:
         return response
 
     async def preflight(self, _: web.Request) -> web.Response:
-        return web.Response(status=204)
+        response = web.Response(status=204)
+        self._add_links(response)
+        return response
+
+    def _add_links(self, response: web.StreamResponse) -> None:
+        for link in self._links:
+            response.headers.add("Link", link)
 
     @property
     def session_count(self) -> int:
@@ -119,18 +156,23 @@ class WhepEndpoint:
         publication = self._rooms.find_publication(app_id, room_id, user_id)
         if publication is None or publication.ended:
             raise web.HTTPNotFound(text=f"no publisher {user_id!r} in room {room_id!r}\n")
-        offer = RTCSessionDescription(sdp=await request.text(), type="offer")
+        offer = RTCSessionDescription(
+            sdp=await read_offer(request, self._settings.offer_bounds), type="offer"
+        )
+        slot = self._caps.admit((app_id, room_id))
         try:
-            session = await self._answer(offer, publication)
+            session = await self._answer(offer, publication, slot)
         except (ValueError, OperationError) as exc:
             raise web.HTTPBadRequest(text=f"cannot answer this offer: {exc}\n") from exc
         assert session.pc.localDescription is not None
-        return web.Response(
+        response = web.Response(
             status=201,
             content_type="application/sdp",
             text=session.pc.localDescription.sdp,
             headers={"Location": f"/whep/sessions/{session.session_id}"},
         )
+        self._add_links(response)
+        return response
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
         session = self._sessions.get(request.match_info["session_id"])
@@ -165,11 +207,11 @@ class WhepEndpoint:
         except TokenError as exc:
             raise web.HTTPForbidden(text=f"token refused: {exc}\n") from exc
 
-    async def _answer(self, offer: RTCSessionDescription, publication: Publication) -> WhepSession:
-        # Host candidates only: the viewer reaches us directly (same machine or LAN).
+    async def _answer(
+        self, offer: RTCSessionDescription, publication: Publication, slot: SessionSlot
+    ) -> WhepSession:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        session = WhepSession(secrets.token_urlsafe(16), pc, publication)
-        tracks: list[ForwardedTrack] = []
+        session = WhepSession(secrets.token_urlsafe(16), pc, publication, slot)
         try:
             # Transceivers (with H.264 as the only video codec) must exist before the
             # offer is applied: that is when aiortc settles the codecs of the answer.
@@ -179,33 +221,34 @@ class WhepEndpoint:
                 raise ValueError(f"it asks for no track this publisher has ({published})")
             for kind in wanted:
                 track = publication.tracks[kind].subscribe()
-                tracks.append(track)
+                session.tracks.append(track)
                 transceiver = pc.addTransceiver(track, direction="sendonly")
                 if kind is TrackKind.VIDEO:
                     transceiver.setCodecPreferences(h264_only())
+                    forward_keyframe_requests(transceiver.sender, publication.request_keyframe)
+            use_ice_addresses(pc, self._settings.ice_addresses)
             await pc.setRemoteDescription(offer)
             await pc.setLocalDescription(await pc.createAnswer())
-        except Exception:
-            await pc.close()
-            for track in tracks:  # a sender that never started does not stop its track
-                track.stop()
+        except BaseException:
+            await self._release(session)
             raise
         self._sessions[session.session_id] = session
-        publication.on_end(lambda: self._close_soon(session))
+        session.releases.append(publication.on_end(lambda: self._close_soon(session)))
+        timer = asyncio.get_running_loop().call_later(
+            self._settings.connect_timeout_s, self._close_if_unconnected, session
+        )
+        session.releases.append(timer.cancel)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             if pc.connectionState in {"failed", "closed"}:
                 await self._close(session)
 
-        asyncio.get_running_loop().call_later(
-            CONNECT_TIMEOUT_S, self._close_if_unconnected, session
-        )
-
         return session
 
     def _close_if_unconnected(self, session: WhepSession) -> None:
         if session.pc.connectionState != "connected":
+            logger.info("WHEP session %s never connected; closing it", session.session_id)
             self._close_soon(session)
 
     def _close_soon(self, session: WhepSession) -> None:
@@ -216,5 +259,18 @@ class WhepEndpoint:
     async def _close(self, session: WhepSession) -> None:
         if self._sessions.pop(session.session_id, None) is None:
             return
+        await self._release(session)
+
+    async def _release(self, session: WhepSession) -> None:
+        """Free everything the session holds, whether it ever connected or not."""
+        for release in session.releases:
+            release()
+        session.releases.clear()
+        session.slot.release()
         with contextlib.suppress(Exception):
             await session.pc.close()
+        # A sender that never started (the viewer never connected) does not stop its
+        # track, and a stopped one may still be in its publication's fan-out.
+        for track in session.tracks:
+            track.stop()
+        session.tracks.clear()
