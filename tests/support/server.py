@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ class RelayServer:
     port: int
     data_dir: Path
     log_path: Path
+    tls: ssl.SSLContext | None = None  # a client context that trusts the server's certificate
 
     @property
     def host(self) -> str:
@@ -35,7 +37,7 @@ class RelayServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -74,7 +76,7 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def write_config(path: Path, *, allow_private: bool = True) -> Path:
+def write_config(path: Path, *, allow_private: bool = True, extra: str = "") -> Path:
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -104,17 +106,29 @@ qps_limit = {LIMITED_APP_QPS}
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
+{extra}
 """
     )
     return path
 
 
-def start_server(workdir: Path, *, allow_private: bool = True) -> RelayServer:
+def start_server(
+    workdir: Path,
+    *,
+    allow_private: bool = True,
+    extra_config: str = "",
+    tls: tuple[Path, Path, ssl.SSLContext] | None = None,
+) -> RelayServer:
+    """A server on a free port of 127.0.0.1; ``extra_config`` is appended to its TOML
+    (e.g. an ``[rtc]`` table); ``tls`` = (certificate, key, client context) serves HTTPS."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config = write_config(workdir / "relaystream.toml", allow_private=allow_private)
+    config = write_config(
+        workdir / "relaystream.toml", allow_private=allow_private, extra=extra_config
+    )
     port = free_port()
     log_path = workdir / "server.log"
     log = log_path.open("wb")
+    tls_args = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
     process = subprocess.Popen(
         [
             sys.executable,
@@ -127,18 +141,21 @@ def start_server(workdir: Path, *, allow_private: bool = True) -> RelayServer:
             str(port),
             "--data-dir",
             str(workdir / "data"),
+            *tls_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    server = RelayServer(process, port, workdir / "data", log_path)
+    server = RelayServer(process, port, workdir / "data", log_path, tls[2] if tls else None)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
         try:
-            with urllib.request.urlopen(f"{server.base_url}/healthz", timeout=1) as response:
+            with urllib.request.urlopen(
+                f"{server.base_url}/healthz", timeout=1, context=server.tls
+            ) as response:
                 if response.status == 200:
                     return server
         except OSError:

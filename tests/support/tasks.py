@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tests.support.sdk import RtcService
-from tests.support.server import APP_ID
+from tests.support.server import APP_ID, RelayServer
 
 
 def task_key(room_id: str, task_id: str) -> dict[str, str]:
@@ -35,3 +37,23 @@ async def wait_for_status(
         task = await get_task(rtc, room_id, task_id)
     assert task["Status"] == status, f"task stuck in {task}"
     return task
+
+
+@contextlib.asynccontextmanager
+async def running_relay(
+    rtc: RtcService, server: RelayServer, source_url: str, room_id: str, user_id: str = "relay"
+) -> AsyncIterator[str]:
+    """A remux relay of ``source_url`` publishing in ``room_id``; yields its WHEP URL."""
+    task_id = f"{room_id}-task"
+    start = {
+        **task_key(room_id, task_id),
+        "UserId": user_id,
+        "Token": server.publish_token(room_id, user_id),
+        "Control": {"StreamUrl": source_url, "StreamMode": 1},
+    }
+    assert await call(rtc, "StartRelayStream", start) == "ok"
+    try:
+        await wait_for_status(rtc, room_id, task_id, 2)
+        yield f"{server.base_url}/whep/{APP_ID}/{room_id}/{user_id}"
+    finally:
+        await call(rtc, "StopRelayStream", task_key(room_id, task_id))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import av
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, sdp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from relaystream.rtc.ice import IceAddresses, use_ice_addresses
@@ -130,6 +130,24 @@ class WhepViewer:
             await asyncio.sleep(0.1)
         got = self.tracks[kind].duration_s() if kind in self.tracks else 0.0
         raise AssertionError(f"only {got:.2f} s of {kind} decoded in {timeout_s} s")
+
+    async def send_picture_loss(self) -> None:
+        """Send an RTCP PLI for the video track, as a player does when it lost a packet.
+
+        aiortc sends one only when its jitter buffer sees a loss, which loopback never
+        has, so this calls the receiver's own PLI sender directly.
+        """
+        assert self.pc.remoteDescription is not None
+        answer = sdp.SessionDescription.parse(self.pc.remoteDescription.sdp)
+        video = next(m for m in answer.media if m.kind == "video")
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.kind == "video")
+        await receiver._send_rtcp_pli(video.ssrc[0].ssrc)
+
+    def selected_remote_address(self) -> tuple[str, str]:
+        """(local, remote) host of the ICE candidate pair this viewer's media flows on."""
+        transport = self.pc.getTransceivers()[0].receiver.transport.transport
+        pair = transport._connection._nominated[1]
+        return pair.local_candidate.host, pair.remote_candidate.host
 
     async def close(self) -> None:
         if self.session_url:

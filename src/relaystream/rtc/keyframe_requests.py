@@ -55,6 +55,11 @@ class KeyframeRequests:
         self.received = 0
         self.passed_on = 0
 
+    @property
+    def pending(self) -> bool:
+        """Whether a request waits for the interval to end."""
+        return self._deferred is not None
+
     def subscribe(self, handler: Callable[[], None]) -> Callable[[], None]:
         """Call ``handler`` on each request passed on; returns what unsubscribes it."""
         self._handlers.append(handler)
