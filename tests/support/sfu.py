@@ -92,7 +92,9 @@ async def embedded_sfu(
     packets, length = await asyncio.to_thread(annexb_packets, clip)
     feeder = asyncio.create_task(feed_in_real_time(publication, packets, length))
     try:
-        yield EmbeddedSfu(whep, publication, f"http://127.0.0.1:{port}/whep/{APP_ID}/{room_id}/relay")
+        yield EmbeddedSfu(
+            whep, publication, f"http://127.0.0.1:{port}/whep/{APP_ID}/{room_id}/relay"
+        )
     finally:
         feeder.cancel()
         publication.end()
