@@ -33,14 +33,16 @@ class VolcengineError(Exception):
 class RtcService(Service):  # type: ignore[misc]
     """How a Volcengine user calls RTC: the SDK's Service with the RTC action table."""
 
-    def __init__(self, host: str, access_key_id: str, secret_access_key: str) -> None:
+    def __init__(
+        self, host: str, access_key_id: str, secret_access_key: str, scheme: str = "http"
+    ) -> None:
         info = ServiceInfo(
             host,
             {"Accept": "application/json"},
             Credentials(access_key_id, secret_access_key, "rtc", "cn-north-1"),
             5,
             5,
-            scheme="http",
+            scheme=scheme,
         )
         api_info = {
             action: ApiInfo("POST", "/", {"Action": action, "Version": VERSION}, {}, {})
