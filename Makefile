@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint check-system-deps clean
+.PHONY: run test lint bench-deps check-system-deps clean
 
 run: $(VENV)/.run-installed
 	$(BIN)/relaystream serve --data-dir data
@@ -31,6 +31,13 @@ $(VENV)/.run-installed: pyproject.toml constraints.txt | $(VENV)/bin/python
 $(VENV)/.test-installed: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@ $(VENV)/.run-installed
+
+# What the scripts in bench/ need on top of the tests' (matplotlib for the soak plot).
+bench-deps: $(VENV)/.bench-installed
+
+$(VENV)/.bench-installed: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,bench]'
+	touch $@ $(VENV)/.test-installed $(VENV)/.run-installed
 
 # System packages the tests use, installed only when missing: the ffmpeg CLI (reference
 # and live RTMP publisher), nginx with the RTMP module (a real RTMP server), and
