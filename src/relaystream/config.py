@@ -66,7 +66,7 @@ class RtcConfig(_Strict):
     ice_servers: tuple[IceServerConfig, ...] = ()
     # Bounds on an SDP offer, checked before it is parsed.
     max_offer_bytes: Annotated[int, Field(gt=0)] = 32 * 1024
-    max_offer_media: Annotated[int, Field(gt=0)] = 16
+    max_offer_media: Annotated[int, Field(gt=0)] = 8
     max_offer_candidates: Annotated[int, Field(ge=0)] = 64
     # Open WHEP/WHIP sessions; over either cap a new one is refused with 503.
     max_sessions_per_room: Annotated[int, Field(gt=0)] = 100

@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -125,7 +124,7 @@ async def test_a_12000_m_line_offer_is_refused_at_once_and_nobody_else_notices(
 @pytest.mark.parametrize(
     ("offer", "refusal"),
     [
-        ("v=0\r\n" + "m=audio 9 RTP/AVP 0\r\n" * 17, "17 m-lines; at most 16"),
+        ("v=0\r\n" + "m=audio 9 RTP/AVP 0\r\n" * 9, "9 m-lines; at most 8"),
         (
             "v=0\nm=audio 9 RTP/AVP 0\n" + "a=candidate:1 1 udp 1 127.0.0.1 9 typ host\n" * 65,
             "65 candidates; at most 64",
@@ -138,7 +137,7 @@ def test_counts_are_checked_whatever_the_line_endings(offer: str, refusal: str) 
     assert refusal in (refused.value.text or "")
 
 
-def test_a_browser_sized_offer_passes(clips: dict[str, Path]) -> None:
+def test_a_browser_sized_offer_passes() -> None:
     offer = (
         "v=0\r\n"
         + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=candidate:1 1 udp 1 1.2.3.4 9 typ host\r\n" * 4

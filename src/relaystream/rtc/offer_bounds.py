@@ -20,7 +20,7 @@ class OfferBounds:
     """The largest offer an endpoint accepts."""
 
     max_bytes: int = 32 * 1024
-    max_media: int = 16  # m-lines
+    max_media: int = 8  # m-lines (a browser sends 2 or 3)
     max_candidates: int = 64  # a=candidate lines, all m-lines together
 
 

@@ -163,7 +163,11 @@ class WhepEndpoint:
         try:
             session = await self._answer(offer, publication, slot)
         except (ValueError, OperationError) as exc:
+            slot.release()
             raise web.HTTPBadRequest(text=f"cannot answer this offer: {exc}\n") from exc
+        except BaseException:
+            slot.release()  # given back once, whoever else releases it too
+            raise
         assert session.pc.localDescription is not None
         response = web.Response(
             status=201,
@@ -215,7 +219,9 @@ class WhepEndpoint:
         try:
             # Transceivers (with H.264 as the only video codec) must exist before the
             # offer is applied: that is when aiortc settles the codecs of the answer.
-            wanted = [kind for kind in _offered_kinds(offer) if kind in publication.tracks]
+            # One subscription per kind: further m-lines of a kind are answered inactive.
+            offered = dict.fromkeys(_offered_kinds(offer))
+            wanted = [kind for kind in offered if kind in publication.tracks]
             if not wanted:
                 published = ", ".join(sorted(publication.tracks)) or "nothing"
                 raise ValueError(f"it asks for no track this publisher has ({published})")
