@@ -322,3 +322,27 @@ def test_serve_with_a_broken_config_names_the_key(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "apps.0.app_id" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_serve_with_unusable_tls_files_says_which(tmp_path: Path) -> None:
+    missing = relaystream(
+        "serve", "--data-dir", str(tmp_path), "--tls-cert", str(tmp_path / "nope.pem")
+    )
+    assert missing.returncode == 2
+    assert "--tls-cert and --tls-key go together" in missing.stderr
+    not_pem = tmp_path / "cert.pem"
+    not_pem.write_text("not a certificate\n")
+    done = relaystream(
+        "serve", "--data-dir", str(tmp_path), "--tls-cert", str(not_pem), "--tls-key", str(not_pem)
+    )
+    assert done.returncode == 2
+    assert "are not a usable PEM pair" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_refuses_an_ice_address_that_is_not_an_ip(tmp_path: Path) -> None:
+    config = tmp_path / "relaystream.toml"
+    config.write_text('[rtc]\nannounced_addresses = ["example.com"]\n')
+    done = relaystream("serve", "--config", str(config), "--data-dir", str(tmp_path))
+    assert done.returncode == 2
+    assert "announced_addresses: 'example.com' is not an IP address" in done.stderr
