@@ -138,7 +138,8 @@ async def test_a_task_runs_in_the_room_until_its_source_ends(node: Node, media: 
     first = await asyncio.wait_for(viewer.recv(), 5)
     assert first.is_keyframe
     stats = node.supervisor.stats(task.key)
-    assert stats is not None and stats.input["video"]["codec"] == "h264"
+    assert stats is not None and stats.opened is not None and stats.opened.video is not None
+    assert stats.opened.video.codec == "h264"
 
     ended = await node.wait_for(task.key, TaskStatus.ENDED)
 

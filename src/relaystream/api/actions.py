@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from relaystream.api.errors import (
@@ -21,7 +21,11 @@ from relaystream.config import Config
 from relaystream.media.source import SourceError, check_scheme
 from relaystream.media.spec import MediaType, StreamMode
 from relaystream.tasks.model import RelayControl, RelayTask, TaskKey
+from relaystream.tasks.runner import RunStats
 from relaystream.tasks.service import StartResult, TaskRequestError, TaskService, TaskView
+
+# A viewer joining mid-stream waits up to one keyframe interval for a picture.
+KEYFRAME_INTERVAL_WARN_S = 5.0
 
 ALREADY_STARTED = (
     "The task has been started. Please do not call the startup task interface repeatedly"
@@ -153,21 +157,47 @@ def task_to_wire(view: TaskView) -> dict[str, Any]:
         "FrameRate": control.frame_rate,
         "Bitrate": control.bitrate_kbps or 0,
     }
-    stats = view.stats
-    if stats is not None:
-        fps, kbps = stats.output_rates()
-        wire["Stats"] = {
-            "Input": _pascal_keys(stats.input),
-            "OutputFrameRate": round(fps, 2),
-            "OutputBitrateKbps": round(kbps, 1),
-            "VideoFramesSent": stats.video_frames_sent,
-            "AudioFramesSent": stats.audio_frames_sent,
-            "BytesSent": stats.bytes_sent,
-            "ReconnectCount": stats.reconnects,
-            "LastError": stats.last_error,
-            "WorkerCpuSeconds": round(stats.worker_cpu_s, 3),
-        }
+    if view.stats is not None:
+        wire["Stats"] = stats_to_wire(view.stats)
     return wire
+
+
+def stats_to_wire(stats: RunStats) -> dict[str, Any]:
+    fps, kbps = stats.output_rates()
+    wire: dict[str, Any] = {
+        "Input": _input_to_wire(stats),
+        "OutputFrameRate": round(fps, 2),
+        "OutputBitrateKbps": round(kbps, 1),
+        "VideoFramesSent": stats.video_frames_sent,
+        "AudioFramesSent": stats.audio_frames_sent,
+        "BytesSent": stats.bytes_sent,
+        "ReconnectCount": stats.reconnects,
+        "LastError": stats.last_error,
+        "WorkerCpuSeconds": round(stats.worker_cpu_s, 3),
+    }
+    if stats.opened is not None and stats.opened.video_output is not None:
+        wire["Output"] = {"Video": _pascal_keys(asdict(stats.opened.video_output))}
+    return wire
+
+
+def _input_to_wire(stats: RunStats) -> dict[str, Any]:
+    tracks: dict[str, Any] = {}
+    opened, progress = stats.opened, stats.progress
+    if opened is not None:
+        if opened.video is not None:
+            tracks["video"] = asdict(opened.video)
+        if opened.audio is not None:
+            tracks["audio"] = asdict(opened.audio)
+    if progress is not None:
+        for name in ("video", "audio"):
+            counters = getattr(progress, name)
+            if counters is not None:
+                tracks.setdefault(name, {}).update(asdict(counters))
+        if "video" in tracks:
+            interval_s = progress.max_keyframe_interval_s
+            tracks["video"]["max_keyframe_interval_s"] = interval_s
+            tracks["video"]["keyframe_interval_over_limit"] = interval_s > KEYFRAME_INTERVAL_WARN_S
+    return _pascal_keys(tracks)  # type: ignore[no-any-return]
 
 
 def _pascal_keys(value: Any) -> Any:

@@ -11,8 +11,9 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from relaystream.media.events import SourceEnded, SourceFailed, WorkerEvent
 from relaystream.media.spec import PipelineSpec
-from relaystream.media.wire import EncodedPacket, WireError, WorkerEvent, read_message
+from relaystream.media.wire import EncodedPacket, WireError, read_message
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,8 @@ class MediaWorker:
             limit=1 << 20,
         )
         assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps(self._spec.to_json_dict()).encode())
+        self._process.stdin.write(json.dumps(self._spec.to_json_dict()).encode() + b"\n")
         await self._process.stdin.drain()
-        self._process.stdin.close()
         self._stderr_task = asyncio.create_task(self._collect_stderr())
 
     async def messages(self) -> AsyncIterator[EncodedPacket | WorkerEvent]:
@@ -71,11 +71,11 @@ class MediaWorker:
                 message = await read_message(process.stdout)
                 if message is None:
                     break
-                if isinstance(message, WorkerEvent) and message.type in {"ended", "error"}:
+                if isinstance(message, SourceEnded | SourceFailed):
                     final = message
                 yield message
         except WireError as exc:
-            final = WorkerEvent("error", {"detail": f"media worker sent bad data: {exc}"})
+            final = SourceFailed(f"media worker sent bad data: {exc}")
             yield final
         returncode = await process.wait()
         if final is None:
@@ -83,7 +83,7 @@ class MediaWorker:
                 await self._stderr_task
             tail = " | ".join(self._stderr_tail[-3:])
             detail = f"media worker exited with code {returncode}"
-            yield WorkerEvent("error", {"detail": f"{detail}: {tail}" if tail else detail})
+            yield SourceFailed(f"{detail}: {tail}" if tail else detail)
 
     async def stop(self) -> None:
         """Terminate the worker; kill it if it does not exit promptly."""

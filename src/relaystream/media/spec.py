@@ -46,6 +46,10 @@ class PipelineSpec:
     # (the server's own built-in test stream).
     trusted_url_prefixes: tuple[str, ...] = ()
     open_timeout_s: float = 10.0
+    # VOD only: start again from the beginning at the end, pts still rising.
+    loop: bool = False
+    # VOD only: where to start, so a relaunched worker resumes near its last position.
+    start_position_s: float = 0.0
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,14 +7,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import av
 
+from relaystream.media.events import (
+    SourceEnded,
+    SourceFailed,
+    SourceOpened,
+    SourceProgress,
+    WorkerEvent,
+)
 from relaystream.media.process import MediaWorker
 from relaystream.media.spec import PipelineSpec
-from relaystream.media.wire import EncodedPacket, MessageKind, WorkerEvent
+from relaystream.media.wire import EncodedPacket, MessageKind
 from relaystream.rtc.publisher import JoinRefused, RoomConnector, RoomPublisher
 from relaystream.rtc.room import TrackKind
 from relaystream.tasks.model import RelayTask, StopReason
@@ -36,7 +43,8 @@ class SourcePolicy:
 class RunStats:
     """Live statistics of a run, shown by GetRelayStream."""
 
-    input: dict[str, Any] = field(default_factory=dict)
+    opened: SourceOpened | None = None
+    progress: SourceProgress | None = None
     video_frames_sent: int = 0
     audio_frames_sent: int = 0
     bytes_sent: int = 0
@@ -171,16 +179,14 @@ class RelayRun:
             self._worker = None
 
     def _handle_event(self, event: WorkerEvent) -> RunOutcome | None:
-        if event.type == "opened":
-            self.stats.input = dict(event.fields.get("input", {}))
-        elif event.type == "stats":
-            for track, values in event.fields.get("input", {}).items():
-                self.stats.input.setdefault(track, {}).update(values)
-        elif event.type == "ended":
+        if isinstance(event, SourceOpened):
+            self.stats.opened = event
+        elif isinstance(event, SourceProgress):
+            self.stats.progress = event
+        elif isinstance(event, SourceEnded):
             return RunOutcome(StopReason.SOURCE_ENDED)
-        elif event.type == "error":
-            detail = str(event.fields.get("detail", "unknown error"))
-            self.stats.last_error = detail
-            logger.warning("task %s: source error: %s", self._log["task"], detail)
-            return RunOutcome(StopReason.SOURCE_ERROR, detail)
+        elif isinstance(event, SourceFailed):
+            self.stats.last_error = event.detail
+            logger.warning("task %s: source error: %s", self._log["task"], event.detail)
+            return RunOutcome(StopReason.SOURCE_ERROR, event.detail)
         return None
