@@ -1,8 +1,8 @@
 """Entry point of a media worker process: ``python -m relaystream.media.worker``.
 
-Reads one PipelineSpec as a JSON line on stdin (then commands, one JSON line each), writes wire messages on stdout, logs on
-stderr. Exit code 0 means the source ended; 2 means a SourceError was reported as an
-``error`` event; anything else is a crash the server reports as a source error.
+Reads one PipelineSpec as a JSON line on stdin (then commands, one JSON line each),
+writes wire messages on stdout, logs on stderr. Exit code 0 means the source ended; 2
+means a failure was reported as a ``failed`` event; anything else is a crash.
 """
 
 from __future__ import annotations
