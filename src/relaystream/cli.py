@@ -169,7 +169,11 @@ def _demo_banner(settings: ServerSettings, created: bool) -> str:
         "TaskId": "demo-task",
         "UserId": relay_user,
         "Token": publish_token,
-        "Control": {"StreamUrl": settings.demo_url_prefix + DEMO_CLIP_NAME, "StreamMode": 1},
+        "Control": {
+            "StreamUrl": settings.demo_url_prefix + DEMO_CLIP_NAME,
+            "StreamMode": 1,
+            "Loop": True,
+        },
     }
     stop_body = {"AppId": app.app_id, "RoomId": room, "TaskId": "demo-task"}
     command = _self_command()

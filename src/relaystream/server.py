@@ -18,7 +18,7 @@ from relaystream.rtc.publisher import EmbeddedRoomConnector
 from relaystream.rtc.room import RoomRegistry
 from relaystream.rtc.whep import WhepEndpoint
 from relaystream.store.sqlite import SqliteTaskStore
-from relaystream.tasks.runner import SourcePolicy
+from relaystream.tasks.runner import RunSettings, SourcePolicy
 from relaystream.tasks.service import TaskService
 from relaystream.tasks.supervisor import TaskSupervisor
 
@@ -65,7 +65,12 @@ async def build_app(settings: ServerSettings) -> web.Application:
         allow_private=config.sources.allow_private,
         trusted_url_prefixes=(settings.demo_url_prefix,),
     )
-    supervisor = TaskSupervisor(store, EmbeddedRoomConnector(rooms, config.app_key_for), policy)
+    supervisor = TaskSupervisor(
+        store,
+        EmbeddedRoomConnector(rooms, config.app_key_for),
+        policy,
+        RunSettings(lifetime_s=config.tasks.lifetime_s),
+    )
     tasks = TaskService(supervisor, config.app_key_for)
     whep = WhepEndpoint(rooms, config.app_key_for)
     ready = asyncio.Event()

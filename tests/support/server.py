@@ -28,6 +28,7 @@ class RelayServer:
     port: int
     data_dir: Path
     log_path: Path
+    extra_config: str = ""
 
     @property
     def host(self) -> str:
@@ -62,6 +63,15 @@ class RelayServer:
     def stop(self) -> None:
         stop_process(self.process)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM killer would."""
+        self.process.kill()
+        self.process.wait()
+
+    def restart(self) -> RelayServer:
+        """A new server process on the same config, data dir and port."""
+        return start_server(self.data_dir.parent, extra_config=self.extra_config, port=self.port)
+
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL if it has not exited within 10 s."""
@@ -74,7 +84,7 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def write_config(path: Path, *, allow_private: bool = True) -> Path:
+def write_config(path: Path, *, allow_private: bool = True, extra: str = "") -> Path:
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -104,17 +114,23 @@ qps_limit = {LIMITED_APP_QPS}
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
+{extra}
 """
     )
     return path
 
 
-def start_server(workdir: Path, *, allow_private: bool = True) -> RelayServer:
+def start_server(
+    workdir: Path, *, allow_private: bool = True, extra_config: str = "", port: int | None = None
+) -> RelayServer:
+    """A server on a free port (or ``port``: a restart on the same data dir and port)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config = write_config(workdir / "relaystream.toml", allow_private=allow_private)
-    port = free_port()
+    config = write_config(
+        workdir / "relaystream.toml", allow_private=allow_private, extra=extra_config
+    )
+    port = port or free_port()
     log_path = workdir / "server.log"
-    log = log_path.open("wb")
+    log = log_path.open("ab")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -132,7 +148,7 @@ def start_server(workdir: Path, *, allow_private: bool = True) -> RelayServer:
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    server = RelayServer(process, port, workdir / "data", log_path)
+    server = RelayServer(process, port, workdir / "data", log_path, extra_config)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

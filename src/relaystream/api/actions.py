@@ -175,6 +175,12 @@ def stats_to_wire(stats: RunStats) -> dict[str, Any]:
         "LastError": stats.last_error,
         "WorkerCpuSeconds": round(stats.worker_cpu_s, 3),
     }
+    if stats.progress is not None:
+        # Where a VOD is (a restart resumes near it) and how often it has looped.
+        wire["SourcePositionSeconds"] = stats.progress.position_s
+        wire["Loops"] = stats.progress.loops
+    if stats.opened is not None:
+        wire["Live"] = stats.opened.live
     if stats.opened is not None and stats.opened.video_output is not None:
         wire["Output"] = {"Video": _pascal_keys(asdict(stats.opened.video_output))}
     return wire

@@ -28,7 +28,6 @@ class StopReason(StrEnum):
     SOURCE_ENDED = "SourceEnded"
     SOURCE_ERROR = "SourceError"
     TOKEN_INVALID = "TokenInvalid"  # noqa: S105 - a reason, not a secret
-    NODE_LOST = "NodeLost"
 
 
 class InvalidTransition(Exception):
@@ -80,6 +79,8 @@ class RelayTask:
     create_time_ms: int = field(default_factory=now_ms)
     start_time_ms: int = 0
     end_time_ms: int = 0
+    # Where a VOD had got to, saved now and then, so a restarted run resumes near it.
+    resume_position_s: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -89,7 +90,13 @@ class RelayTask:
         """Media has started flowing into the room."""
         if self.status is not TaskStatus.STARTING:
             raise InvalidTransition(f"{self.key}: {self.status.name} -> RUNNING")
-        return replace(self, status=TaskStatus.RUNNING, start_time_ms=now_ms())
+        # StartTime is when media first flowed; reconnects and restarts keep it.
+        return replace(
+            self, status=TaskStatus.RUNNING, start_time_ms=self.start_time_ms or now_ms()
+        )
+
+    def at_position(self, position_s: float) -> RelayTask:
+        return replace(self, resume_position_s=position_s)
 
     def reconnecting(self) -> RelayTask:
         if self.status is not TaskStatus.RUNNING:

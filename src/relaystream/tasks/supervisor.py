@@ -1,9 +1,10 @@
 """The TaskSupervisor: owns every running relay, records every state change.
 
-Each task runs as one asyncio task around a RelayRun (whose media work happens in a
-worker process). A catch-all at that boundary turns any failure into a SourceError
+Each task runs as one asyncio task around a RelayRun (whose media work happens in
+worker processes). A catch-all at that boundary turns any failure into a SourceError
 stop instead of a crashed server. State changes are persisted before they are acted on,
-and a shutdown leaves active tasks active so the next start resumes them.
+and a shutdown leaves active tasks active so the next start resumes them: a VOD near
+its saved position, a live source by reconnecting.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from relaystream.tasks.model import (
     from_record,
     to_record,
 )
-from relaystream.tasks.runner import RelayRun, RunOutcome, RunStats, SourcePolicy
+from relaystream.tasks.runner import RelayRun, RunOutcome, RunSettings, RunStats, SourcePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,17 @@ ACTIVE_STATUSES = (int(TaskStatus.STARTING), int(TaskStatus.RUNNING))
 
 
 class TaskSupervisor:
-    def __init__(self, store: TaskStore, connector: RoomConnector, policy: SourcePolicy) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        connector: RoomConnector,
+        policy: SourcePolicy,
+        settings: RunSettings | None = None,
+    ) -> None:
         self._store = store
         self._connector = connector
         self._policy = policy
+        self._settings = settings or RunSettings()
         self._runs: dict[TaskKey, tuple[RelayRun, asyncio.Task[None]]] = {}
         self._lock = asyncio.Lock()
 
@@ -74,7 +82,10 @@ class TaskSupervisor:
         return task
 
     async def shutdown(self) -> None:
-        """Stop the runs without ending their tasks: they resume on the next start."""
+        """Stop the runs without ending their tasks: they resume on the next start.
+
+        The runs stop side by side, so shutting down takes one worker's stop grace,
+        not one per task."""
         entries = list(self._runs.values())
         self._runs.clear()
         for _, handle in entries:
@@ -82,12 +93,7 @@ class TaskSupervisor:
         await asyncio.gather(*(handle for _, handle in entries), return_exceptions=True)
 
     def _spawn(self, task: RelayTask) -> None:
-        async def media_flowing() -> None:
-            await self._transition(
-                task.key, lambda t: t.running() if t.status is TaskStatus.STARTING else t
-            )
-
-        run = RelayRun(task, self._connector, self._policy, media_flowing)
+        run = RelayRun(task, self._connector, self._policy, _Hooks(self, task.key), self._settings)
         handle = asyncio.create_task(self._supervise(run), name=f"relay {task.key}")
         self._runs[task.key] = (run, handle)
 
@@ -121,3 +127,24 @@ class TaskSupervisor:
         async with self._lock:
             await self._store.save(to_record(task))
         return task
+
+
+class _Hooks:
+    """What one run reports, persisted as transitions of its task."""
+
+    def __init__(self, supervisor: TaskSupervisor, key: TaskKey) -> None:
+        self._supervisor = supervisor
+        self._key = key
+
+    async def media_flowing(self) -> None:
+        await self._supervisor._transition(
+            self._key, lambda t: t.running() if t.status is TaskStatus.STARTING else t
+        )
+
+    async def reconnecting(self, detail: str) -> None:
+        await self._supervisor._transition(
+            self._key, lambda t: t.reconnecting() if t.status is TaskStatus.RUNNING else t
+        )
+
+    async def position(self, position_s: float) -> None:
+        await self._supervisor._transition(self._key, lambda t: t.at_position(position_s))
