@@ -30,6 +30,7 @@ class SourcePolicy:
 
     allow_private: bool = False
     trusted_url_prefixes: tuple[str, ...] = ()
+    hosts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +81,7 @@ def pipeline_spec(task: RelayTask, policy: SourcePolicy) -> PipelineSpec:
         bitrate_kbps=control.bitrate_kbps,
         allow_private_sources=policy.allow_private,
         trusted_url_prefixes=policy.trusted_url_prefixes,
+        hosts=policy.hosts,
     )
 
 
