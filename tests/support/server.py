@@ -74,7 +74,7 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def write_config(path: Path, *, allow_private: bool = True) -> Path:
+def write_config(path: Path, *, allow_private: bool = True, sources_extra: str = "") -> Path:
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -104,14 +104,20 @@ qps_limit = {LIMITED_APP_QPS}
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
+{sources_extra}
 """
     )
     return path
 
 
-def start_server(workdir: Path, *, allow_private: bool = True) -> RelayServer:
+def start_server(
+    workdir: Path, *, allow_private: bool = True, sources_extra: str = ""
+) -> RelayServer:
+    """``sources_extra``: more TOML lines for the ``[sources]`` table."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config = write_config(workdir / "relaystream.toml", allow_private=allow_private)
+    config = write_config(
+        workdir / "relaystream.toml", allow_private=allow_private, sources_extra=sources_extra
+    )
     port = free_port()
     log_path = workdir / "server.log"
     log = log_path.open("wb")

@@ -130,8 +130,15 @@ class CheckedHttpClient:
         self._tls = tls or default_tls_context()
         self._headers = {"User-Agent": _USER_AGENT, **(headers or {})}
 
-    def open(self, url: str, *, offset: int = 0) -> HttpBody:
-        """GET ``url`` (from byte ``offset``), following checked redirects."""
+    def open(self, url: str) -> HttpBody:
+        """GET ``url``, following checked redirects."""
+        response, connection, final_url = self.follow(url, offset=0)
+        return HttpBody(self, final_url, response, connection)
+
+    def follow(
+        self, url: str, *, offset: int
+    ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, str]:
+        """The response to GET ``url`` from byte ``offset``, after checked redirects."""
         for _ in range(self.limits.max_redirects + 1):
             response, connection = self._request(url, offset)
             if response.status in _REDIRECT_STATUSES:
@@ -144,7 +151,7 @@ class CheckedHttpClient:
             if response.status >= 400:
                 connection.close()
                 raise HttpStatusError(response.status, response.reason, url)
-            return HttpBody(self, url, response, connection, offset)
+            return response, connection, url
         raise FetchError(f"more than {self.limits.max_redirects} redirects")
 
     def _request(
@@ -184,16 +191,15 @@ class HttpBody(io.RawIOBase):
         url: str,
         response: http.client.HTTPResponse,
         connection: http.client.HTTPConnection,
-        offset: int,
     ) -> None:
         super().__init__()
         self.url = url
         self._client = client
         self._response = response
         self._connection = connection
-        self._position = offset
+        self._position = 0
         self._resumes = 0
-        self._length = _total_length(response, offset)
+        self._length = _total_length(response)
         ranges = response.getheader("Accept-Ranges", "").lower() == "bytes"
         self._seekable = self._length is not None and (ranges or response.status == 206)
         content_type = (response.getheader("Content-Type") or "").lower()
@@ -260,11 +266,11 @@ class HttpBody(io.RawIOBase):
 
     def _reopen(self, offset: int) -> None:
         self._connection.close()
-        body = self._client.open(self.url, offset=offset)
-        if body._response.status != 206 and offset:
-            body.close()
+        response, connection, _ = self._client.follow(self.url, offset=offset)
+        if response.status != 206 and offset:
+            connection.close()
             raise OSError(f"{self.url} ignored a byte range request")
-        self._response, self._connection = body._response, body._connection
+        self._response, self._connection = response, connection
         self._position = offset
 
     def close(self) -> None:
@@ -273,12 +279,12 @@ class HttpBody(io.RawIOBase):
         super().close()
 
 
-def _total_length(response: http.client.HTTPResponse, offset: int) -> int | None:
+def _total_length(response: http.client.HTTPResponse) -> int | None:
     content_range = response.getheader("Content-Range")
     if response.status == 206 and content_range and "/" in content_range:
         total = content_range.rsplit("/", 1)[1].strip()
         return int(total) if total.isdigit() else None
     length = response.getheader("Content-Length")
-    if length is not None and length.strip().isdigit():
-        return offset + int(length) if response.status == 206 else int(length)
+    if response.status == 200 and length is not None and length.strip().isdigit():
+        return int(length)
     return None
