@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import padding
@@ -10,8 +14,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from relaystream.media.testsrc import ClipSpec, make_test_clip
 from tests.support.clips import remux
+from tests.support.net import ConnectionRecorder, connection_recorder, free_port, static_http_server
 
 SEGMENT_CLIP = ClipSpec(duration_s=2.0, width=160, height=90, frame_rate=25)
+# The host name tests use for a "public" origin; the hosts table puts it on 127.0.0.1.
+PUBLIC_HOSTS = {"media.test": "127.0.0.1"}
 
 
 def make_segment(directory: Path) -> Path:
@@ -66,3 +73,43 @@ def write_dash_manifest(path: Path, base_url: str) -> Path:
 """
     )
     return path
+
+
+@dataclass
+class Origin:
+    """A "public" HTTP origin on 127.0.0.1 whose sources lead to ``forbidden``, a
+    127.0.0.1 listener on another port that records any connection."""
+
+    root: Path
+    port: int
+    forbidden: ConnectionRecorder
+
+    @property
+    def url(self) -> str:
+        return f"http://media.test:{self.port}"
+
+
+@contextmanager
+def serve_origin(root: Path) -> Iterator[Origin]:
+    """Serves, under ``root``: ``clean.m3u8``, ``encrypted.m3u8`` (AES-128), ``vod.mp4``
+    (index at the end), and sources that lead elsewhere: ``redirect.flv``,
+    ``segments-elsewhere.m3u8``, ``key-elsewhere.m3u8``, ``elsewhere.mpd``, and
+    ``local-segments.m3u8`` (a ``file:`` and a ``data:`` segment)."""
+    segment = make_segment(root)
+    encrypt_segment(segment, root / "encrypted.ts", root / "key.bin")
+    make_test_clip(root / "vod.mp4", ClipSpec(duration_s=1.0, width=160, height=90))
+    with connection_recorder() as forbidden:
+        elsewhere = forbidden.base_url
+        write_playlist(root / "clean.m3u8", ["segment.ts", "segment.ts"])
+        write_playlist(root / "encrypted.m3u8", ["encrypted.ts"], key_url="key.bin")
+        write_playlist(root / "segments-elsewhere.m3u8", [f"{elsewhere}/segment.ts"] * 2)
+        write_playlist(
+            root / "key-elsewhere.m3u8", ["encrypted.ts"], key_url=f"{elsewhere}/key.bin"
+        )
+        data_url = "data:video/mp2t;base64," + base64.b64encode(segment.read_bytes()).decode()
+        write_playlist(root / "local-segments.m3u8", [segment.as_uri(), data_url])
+        write_dash_manifest(root / "elsewhere.mpd", f"{elsewhere}/dash/")
+        port = free_port()
+        redirects = {"/redirect.flv": f"{elsewhere}/clip.flv"}
+        with static_http_server(root, port=port, redirects=redirects):
+            yield Origin(root, port, forbidden)

@@ -83,10 +83,22 @@ class CheckedOpener:
     def __init__(self, client: CheckedHttpClient) -> None:
         self._client = client
         self._opens = 0
+        self._refusal: SourceRefused | None = None
 
     def __call__(self, url: str, flags: int, options: Mapping[str, Any]) -> Any:
         first = self._opens == 0
         self._opens += 1
+        if self._refusal is not None:
+            # Once a source led somewhere it must not, nothing more is fetched for it,
+            # and the first refusal is the one the relay reports.
+            raise SourceRefused(self._refusal.detail)
+        try:
+            return self._open(url, flags, options, first=first)
+        except SourceRefused as refusal:
+            self._refusal = refusal
+            raise
+
+    def _open(self, url: str, flags: int, options: Mapping[str, Any], *, first: bool) -> Any:
         if flags & _AVIO_FLAG_WRITE:
             raise SourceRefused(f"the source asked to write to {url}")
         target, key = _strip_crypto(url, options)
