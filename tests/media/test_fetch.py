@@ -50,6 +50,13 @@ def test_an_hls_playlist_and_its_segments_play_through_the_checked_client(
     assert count_packets(container) > 100
 
 
+def test_relative_segments_of_a_redirected_playlist_follow_the_redirect(
+    origin: Origin,
+) -> None:
+    # Resolved against the URL asked for, "segment.ts" would be /moved/segment.ts: a 404.
+    assert count_packets(open_source(spec(origin, "moved/clean.m3u8"))) > 100
+
+
 def test_an_aes_128_playlist_is_decrypted(origin: Origin) -> None:
     assert count_packets(open_source(spec(origin, "encrypted.m3u8"))) > 50
 

@@ -92,7 +92,8 @@ class Origin:
 @contextmanager
 def serve_origin(root: Path) -> Iterator[Origin]:
     """Serves, under ``root``: ``clean.m3u8``, ``encrypted.m3u8`` (AES-128), ``vod.mp4``
-    (index at the end), and sources that lead elsewhere: ``redirect.flv``,
+    (index at the end), ``moved/clean.m3u8`` (a redirect to ``clean.m3u8``), and
+    sources that lead elsewhere: ``redirect.flv``,
     ``segments-elsewhere.m3u8``, ``key-elsewhere.m3u8``, ``elsewhere.mpd``, and
     ``local-segments.m3u8`` (a ``file:`` and a ``data:`` segment)."""
     segment = make_segment(root)
@@ -110,6 +111,9 @@ def serve_origin(root: Path) -> Iterator[Origin]:
         write_playlist(root / "local-segments.m3u8", [segment.as_uri(), data_url])
         write_dash_manifest(root / "elsewhere.mpd", f"{elsewhere}/dash/")
         port = free_port()
-        redirects = {"/redirect.flv": f"{elsewhere}/clip.flv"}
+        redirects = {
+            "/redirect.flv": f"{elsewhere}/clip.flv",
+            "/moved/clean.m3u8": "/clean.m3u8",
+        }
         with static_http_server(root, port=port, redirects=redirects):
             yield Origin(root, port, forbidden)

@@ -84,8 +84,27 @@ class CheckedOpener:
         self._client = client
         self._opens = 0
         self._refusal: SourceRefused | None = None
+        self._prefetched: HttpBody | None = None
+
+    def prefetch(self, url: str) -> str:
+        """Open the source URL before FFmpeg does; returns where redirects led.
+
+        FFmpeg resolves a playlist's relative URLs against the URL it was given. With its
+        own HTTP it learns a redirect's target; through io_open it cannot, so it is given
+        the final URL, and its first open gets the body fetched here.
+        """
+        body = self(url, 0, {})
+        if isinstance(body, HttpBody):
+            self._prefetched = body
+            return body.url
+        return url
 
     def __call__(self, url: str, flags: int, options: Mapping[str, Any]) -> Any:
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched.url == url:
+            return prefetched
+        if prefetched is not None:
+            prefetched.close()
         first = self._opens == 0
         self._opens += 1
         if self._refusal is not None:

@@ -110,6 +110,8 @@ def open_source(spec: PipelineSpec) -> av.container.InputContainer:
     except (AddressRefused, Unresolvable) as exc:
         raise SourceError(_policy_detail(exc)) from None
     try:
+        if io_open is not None:
+            url = io_open.prefetch(url)
         return av.open(
             url,
             mode="r",
