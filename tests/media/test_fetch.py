@@ -5,7 +5,9 @@ keys, redirects, DASH manifests and seeking, with "media.test" playing a public 
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import av
 import pytest
@@ -22,8 +24,10 @@ from relaystream.netpolicy import (
     SystemResolver,
     literal_address,
 )
+from tests.support.clips import make_clips
 from tests.support.net import connection_recorder
-from tests.support.playlists import PUBLIC_HOSTS, Origin, serve_origin
+from tests.support.playlists import PUBLIC_HOSTS, SEGMENT_CLIP, Origin, serve_origin
+from tests.support.rtmp import nginx_rtmp_server, rtmp_publisher
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +177,28 @@ class _TurnsResolver:
         self.lookups += 1
         assert address is not None
         return [ResolvedAddress(address, vouched=True)]
+
+
+def test_an_rtmp_source_named_by_host_plays_from_the_pinned_address(tmp_path: Path) -> None:
+    clip = make_clips(tmp_path / "clips", SEGMENT_CLIP)["flv"]
+    with nginx_rtmp_server(tmp_path / "nginx") as base_url:
+        published = f"{base_url}/stream"
+        named = published.replace("127.0.0.1", "media.test")
+        with rtmp_publisher(clip, published):
+            container = _open_when_published(PipelineSpec(url=named, hosts=PUBLIC_HOSTS))
+            with container:
+                video = container.streams.video[0]
+                first = next(container.demux(video))
+                assert video.codec_context.name == "h264"
+                assert first.size > 0
+
+
+def _open_when_published(source: PipelineSpec) -> av.container.InputContainer:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return open_source(source)
+        except SourceError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
