@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from relaystream.netpolicy import (
     literal_address,
 )
 from tests.support.net import connection_recorder, free_port, static_http_server
+from tests.support.tls import https_file_server, make_certificates
 
 
 @pytest.fixture
@@ -158,3 +160,26 @@ class _capturing_server:
                 request += connection.recv(4096)
             self.requests.append(request)
             connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_https_verifies_the_certificate_against_the_host_name(tmp_path: Path) -> None:
+    (tmp_path / "live.flv").write_bytes(b"FLV over TLS")
+    certificates = make_certificates(tmp_path, "media.test")
+    resolver = HostsTable({"media.test": "127.0.0.1", "other.test": "127.0.0.1"}, _NoDns())
+    policy = AddressPolicy(allow_private=False, resolver=resolver)
+    trusting = CheckedHttpClient(policy, tls=certificates.client_context())
+
+    with https_file_server(tmp_path, certificates) as (port, server_names):
+        # Connected to 127.0.0.1, yet SNI and the check use the name in the URL.
+        assert trusting.open(f"https://media.test:{port}/live.flv").read() == b"FLV over TLS"
+        assert server_names == ["media.test"]
+        with pytest.raises(ssl.SSLCertVerificationError, match=r"other\.test"):
+            trusting.open(f"https://other.test:{port}/live.flv")
+        # The default context trusts the system's CAs only.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            CheckedHttpClient(policy).open(f"https://media.test:{port}/live.flv")
+
+
+class _NoDns:
+    def resolve(self, host: str) -> Sequence[ResolvedAddress]:
+        raise AssertionError(f"{host} must not be resolved")
