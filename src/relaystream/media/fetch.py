@@ -23,8 +23,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import av.error
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from relaystream.netpolicy import (
     AddressRefused,
@@ -179,6 +177,10 @@ class Aes128Reader:
         if len(key) != _AES_BLOCK_BYTES or len(iv) != _AES_BLOCK_BYTES:
             body.close()
             raise SourceRefused("an encrypted HLS segment has a key or IV of the wrong size")
+        # Imported here: most sources are not encrypted, and the import costs memory.
+        from cryptography.hazmat.primitives import padding
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
         self._body = body
         self._decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
         self._unpadder = padding.PKCS7(8 * _AES_BLOCK_BYTES).unpadder()

@@ -127,7 +127,7 @@ class CheckedHttpClient:
     ) -> None:
         self.policy = policy
         self.limits = limits or HttpLimits()
-        self._tls = tls or default_tls_context()
+        self._tls = tls  # made on the first https request: loading the CAs costs memory
         self._headers = {"User-Agent": _USER_AGENT, **(headers or {})}
 
     def open(self, url: str) -> HttpBody:
@@ -160,7 +160,9 @@ class CheckedHttpClient:
         destination = self.policy.destination(url)
         if destination.scheme not in {"http", "https"}:
             raise AddressRefused(f"{destination.scheme}: is not an HTTP URL")
-        tls = self._tls if destination.scheme == "https" else None
+        tls = None
+        if destination.scheme == "https":
+            self._tls = tls = self._tls or default_tls_context()
         connection = _PinnedConnection(destination, self.limits, tls)
         parts = destination.parts
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
