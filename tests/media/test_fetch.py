@@ -140,8 +140,8 @@ def test_stream_urls_are_pinned_to_the_checked_address() -> None:
     assert url == "rtmp://127.0.0.1:1935/live/stream?key=1"
     assert options == {"rtmp_tcurl": "rtmp://media.test:1935/live"}
 
-    url, options = pin_stream_url("rtsp://user:pw@media.test:8554/cam", policy)
-    assert (url, options) == ("rtsp://user:pw@127.0.0.1:8554/cam", {"rtsp_transport": "tcp"})
+    url, options = pin_stream_url("rtsp://user:p%40ss@media.test:8554/cam", policy)
+    assert (url, options) == ("rtsp://user:p%40ss@127.0.0.1:8554/cam", {"rtsp_transport": "tcp"})
 
     url, _ = pin_stream_url("srt://media.test:9000?streamid=abc", policy)
     assert url == "srt://127.0.0.1:9000?streamid=abc"

@@ -26,6 +26,14 @@ The design, in the order a fetch meets it:
 
 Protocols other than HTTP (RTMP, RTSP, SRT) use ``destination`` and connect to the
 returned address (see ``relaystream.media.source``).
+
+Errors (each with a user-facing ``detail`` or message):
+
+    AddressRefused     the policy refuses the URL (no connection was made)
+    Unresolvable       the host name has no address
+    FetchError         the client gave up: too many redirects, a playlist too large
+     └ HttpStatusError  the server answered 4xx/5xx (``status``)
+    OSError            from the socket: refused, reset, timed out, TLS verification
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "rtmp": 1935, "rtmps": 443, "rtsp": 5
 
 # Characters that URL parsers disagree on: a host with one of these is refused rather
 # than risk FFmpeg reading a different host than the one we checked.
-_AMBIGUOUS_HOST_CHARACTERS = frozenset("\\ \t\r\n%")
+_AMBIGUOUS_HOST_CHARACTERS = frozenset("\\ \t\r\n")
 
 
 class AddressRefused(Exception):
@@ -139,7 +139,10 @@ def _host_of(parts: SplitResult) -> str:
     host = parts.hostname
     if not host:
         raise AddressRefused("the URL has no host")
-    if any(character in _AMBIGUOUS_HOST_CHARACTERS for character in parts.netloc):
+    # A percent-encoded password is fine; a percent in the host is not.
+    if "%" in parts.netloc.rpartition("@")[2] or any(
+        character in _AMBIGUOUS_HOST_CHARACTERS for character in parts.netloc
+    ):
         raise AddressRefused("the URL's host part has characters that are not allowed")
     return host
 
