@@ -77,8 +77,8 @@ def open_source(spec: PipelineSpec) -> av.container.InputContainer:
     """Open the source for demuxing, mapping FFmpeg errors to a SourceError detail.
 
     HTTP(S) sources (and all an HLS playlist refers to) are read through our checked
-    client (``CheckedOpener``); FFmpeg gets an empty protocol whitelist, so nothing can
-    reach its own HTTP. Other protocols connect to the address the policy checked.
+    client (``CheckedOpener``); FFmpeg's protocol whitelist names no protocol, so nothing
+    can reach its own HTTP. Other protocols connect to the address the policy checked.
     """
     scheme = check_scheme(spec.url)
     policy = source_policy(spec)
