@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from relaystream.netpolicy import literal_address
+
 DEMO_ACCOUNT_FILE = "demo-account.toml"
 APP_ID_LENGTH = 24
 
@@ -42,6 +44,17 @@ class AppConfig(_Strict):
 
 class SourcesConfig(_Strict):
     allow_private: bool = False
+    # URL prefixes allowed whatever address they reach (an internal CDN, a test origin).
+    trusted_url_prefixes: tuple[str, ...] = ()
+    # Host names pinned to fixed addresses, allowed even when private (split horizon).
+    hosts: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _hosts_are_addresses(self) -> SourcesConfig:
+        for name, address in self.hosts.items():
+            if literal_address(address) is None:
+                raise ValueError(f"hosts.{name}: {address!r} is not an IP address")
+        return self
 
 
 class TasksConfig(_Strict):

@@ -12,7 +12,9 @@ from aiohttp import web
 from relaystream.api.actions import Actions
 from relaystream.api.app import OpenApiEndpoint
 from relaystream.config import Config
+from relaystream.media.source import ALLOW_PRIVATE_SETTING
 from relaystream.media.testsrc import ClipSpec, make_test_clip
+from relaystream.netpolicy import AddressPolicy
 from relaystream.rtc.ice import use_ice_addresses
 from relaystream.rtc.publisher import EmbeddedRoomConnector
 from relaystream.rtc.room import RoomRegistry
@@ -63,7 +65,14 @@ async def build_app(settings: ServerSettings) -> web.Application:
     rooms = RoomRegistry()
     policy = SourcePolicy(
         allow_private=config.sources.allow_private,
-        trusted_url_prefixes=(settings.demo_url_prefix,),
+        trusted_url_prefixes=(settings.demo_url_prefix, *config.sources.trusted_url_prefixes),
+        hosts=dict(config.sources.hosts),
+    )
+    # The API's instant check of a StreamUrl literal (workers resolve host names).
+    stream_urls = AddressPolicy(
+        allow_private=policy.allow_private,
+        trusted_prefixes=policy.trusted_url_prefixes,
+        setting_name=ALLOW_PRIVATE_SETTING,
     )
     supervisor = TaskSupervisor(
         store,
@@ -88,7 +97,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
         return web.json_response({"status": "ok"})
 
     app = web.Application(client_max_size=1 << 20, middlewares=[whep.cors])
-    app.add_routes(OpenApiEndpoint(config, Actions(config, tasks)).routes())
+    app.add_routes(OpenApiEndpoint(config, Actions(config, tasks, stream_urls)).routes())
     app.add_routes(whep.routes())
     app.add_routes([web.get("/healthz", healthz)])
     app.add_routes([web.get(f"/demo/{DEMO_CLIP_NAME}", demo_clip)])

@@ -123,7 +123,10 @@ allow_private = {"true" if allow_private else "false"}
 def start_server(
     workdir: Path, *, allow_private: bool = True, extra_config: str = "", port: int | None = None
 ) -> RelayServer:
-    """A server on a free port (or ``port``: a restart on the same data dir and port)."""
+    """A server on a free port (or ``port``: a restart on the same data dir and port).
+
+    ``extra_config``: more TOML, placed right after ``[sources] allow_private``, so lines
+    before any table header belong to ``[sources]``."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
         workdir / "relaystream.toml", allow_private=allow_private, extra=extra_config

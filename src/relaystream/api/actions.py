@@ -20,6 +20,7 @@ from relaystream.api.ratelimit import RateLimiter
 from relaystream.config import Config
 from relaystream.media.source import SourceError, check_scheme
 from relaystream.media.spec import MediaType, StreamMode
+from relaystream.netpolicy import AddressPolicy, AddressRefused
 from relaystream.tasks.model import RelayControl, RelayTask, TaskKey
 from relaystream.tasks.runner import RunStats
 from relaystream.tasks.service import StartResult, TaskRequestError, TaskService, TaskView
@@ -41,9 +42,10 @@ Handler = Callable[[Caller, dict[str, Any]], Awaitable[Any]]
 
 
 class Actions:
-    def __init__(self, config: Config, tasks: TaskService) -> None:
+    def __init__(self, config: Config, tasks: TaskService, stream_urls: AddressPolicy) -> None:
         self._config = config
         self._tasks = tasks
+        self._stream_urls = stream_urls
         self._rate_limiter = RateLimiter()
 
     def table(self) -> dict[str, Handler]:
@@ -74,6 +76,7 @@ class Actions:
     async def start_relay_stream(self, caller: Caller, body: dict[str, Any]) -> str:
         request = parse(StartRelayStreamRequest, body)
         self._authorize_app(caller, request.AppId)
+        check_stream_url(request.Control.StreamUrl, self._stream_urls)
         task = _task_from_request(request)
         try:
             result = await self._tasks.start(task)
@@ -99,12 +102,22 @@ class Actions:
         return {"Task": task_to_wire(view)}
 
 
-def _task_from_request(request: StartRelayStreamRequest) -> RelayTask:
-    control = request.Control
+def check_stream_url(url: str, policy: AddressPolicy) -> None:
+    """Refuse at once a scheme we never pull from, or a literal non-public address.
+
+    A host name is left to the worker, which resolves, checks and pins it.
+    """
     try:
-        check_scheme(control.StreamUrl)
+        check_scheme(url)
+        policy.refuse_literal(url)
     except SourceError as exc:
         raise invalid_parameter("Control.StreamUrl", exc.detail) from None
+    except AddressRefused as exc:
+        raise invalid_parameter("Control.StreamUrl", exc.detail) from None
+
+
+def _task_from_request(request: StartRelayStreamRequest) -> RelayTask:
+    control = request.Control
     media_type, stream_mode = MediaType(control.MediaType), StreamMode(control.StreamMode)
     transcodes_video = stream_mode is StreamMode.TRANSCODE and media_type.wants_video
     if transcodes_video:

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import av
@@ -49,6 +49,7 @@ class SourcePolicy:
 
     allow_private: bool = False
     trusted_url_prefixes: tuple[str, ...] = ()
+    hosts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def pipeline_spec(
         bitrate_kbps=control.bitrate_kbps,
         allow_private_sources=policy.allow_private,
         trusted_url_prefixes=policy.trusted_url_prefixes,
+        hosts=policy.hosts,
         loop=control.loop,
         start_position_s=start_position_s,
     )
