@@ -7,7 +7,7 @@ field (``MissingParameter`` / ``InvalidParameter``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -33,8 +33,10 @@ def _even(value: int | None) -> int | None:
 
 class StartControl(_Body):
     StreamUrl: Annotated[str, Field(min_length=1, max_length=4096)]
-    MediaType: Literal[0, 1, 2] = 0
-    StreamMode: Literal[0, 1] = 0
+    # Ranges rather than Literal[0, 1]: a Literal compares by equality, so true and 1.0
+    # would pass for 1; a strict int refuses both.
+    MediaType: Annotated[int, Field(ge=0, le=2)] = 0
+    StreamMode: Annotated[int, Field(ge=0, le=1)] = 0
     StartTimeStamp: Annotated[int, Field(ge=0, le=UINT32_MAX)] = 0
     Loop: bool = False
     VideoWidth: Annotated[int | None, Field(ge=16, le=1920)] = None

@@ -185,10 +185,15 @@ def verify_request(
     req: HttpRequestParts,
     *,
     secret_for: Callable[[str], str | None],
+    region: str,
     now: datetime | None = None,
     max_skew_s: int = 900,
 ) -> VerifiedCaller:
     """Check a received request's V4 signature and return who signed it.
+
+    ``region`` is the one this endpoint serves; a credential scope naming another is
+    SignatureDoesNotMatch, as at Volcengine, whose gateway derives the signing key from
+    its own region, so a signature made for another region can never match there.
 
     Raises ``ApiError`` with SignatureDoesNotMatch, InvalidAccessKey or InvalidTimestamp;
     malformed input of any kind ends in one of those, never in another exception.
@@ -202,6 +207,11 @@ def verify_request(
     if auth.service != SERVICE:
         raise _mismatch(
             f"Authorization Credential names service {_echo(auth.service)}; expected {SERVICE!r}."
+        )
+    if auth.region != region:
+        raise _mismatch(
+            f"Authorization Credential names region {_echo(auth.region)}; this endpoint "
+            f"serves {region!r}."
         )
 
     x_date = _check_x_date(headers.get("x-date"), auth.date, now, max_skew_s)
