@@ -30,6 +30,7 @@ from relaystream.api.errors import (
     METHOD_NOT_ALLOWED,
     ApiError,
 )
+from relaystream.api.openapi import openapi_document
 from relaystream.api.request_checks import ALLOW_HEADER, check_method, check_utf8
 from relaystream.api.signature import HttpRequestParts, verify_request
 from relaystream.config import Config
@@ -46,11 +47,18 @@ class OpenApiEndpoint:
         self._config = config
         self._actions = actions
         self._handlers = actions.table()
+        self._openapi = openapi_document()
 
     def routes(self) -> list[web.RouteDef]:
         # Every method, so that the ones we refuse still get an envelope (aiohttp's own
         # 405 is plain text, and its GET route would also run actions for HEAD).
-        return [web.route("*", "/", self.handle)]
+        return [
+            web.route("*", "/", self.handle),
+            web.get("/openapi.json", self.describe, allow_head=False),
+        ]
+
+    async def describe(self, _: web.Request) -> web.Response:
+        return web.json_response(self._openapi)
 
     async def handle(self, request: web.Request) -> web.Response:
         ctx = RequestContext(

@@ -66,6 +66,35 @@ class TaskKeyRequest(_Body):
     TaskId: Id
 
 
+class UpdateControl(_Body):
+    """What an Update may change (SPEC §2); absent fields keep their value."""
+
+    StreamUrl: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
+    MediaType: Annotated[int | None, Field(ge=0, le=2)] = None
+    StreamMode: Annotated[int | None, Field(ge=0, le=1)] = None
+    VideoWidth: Annotated[int | None, Field(ge=16, le=1920)] = None
+    VideoHeight: Annotated[int | None, Field(ge=16, le=1920)] = None
+    FrameRate: Annotated[int | None, Field(ge=1, le=30)] = None
+    Bitrate: Annotated[int | None, Field(gt=0)] = None
+
+    _round_sizes = field_validator("VideoWidth", "VideoHeight")(_even)
+
+
+class UpdateRelayStreamRequest(_Body):
+    AppId: Id
+    RoomId: Id
+    TaskId: Id
+    Control: UpdateControl
+
+
+class ListRelayStreamRequest(_Body):
+    AppId: Id
+    RoomId: Annotated[str | None, Field(pattern=ID_PATTERN)] = None
+    Offset: Annotated[int, Field(ge=0, le=9999)] = 0
+    Limit: Annotated[int, Field(ge=1, le=100)] = 10
+    Order: Annotated[int, Field(ge=0, le=1)] = 0  # 0 newest first, 1 oldest first
+
+
 _SECRET_FIELDS = frozenset({"Token"})
 
 Body = TypeVar("Body", bound=BaseModel)
