@@ -247,7 +247,13 @@ def verify_request(
         headers=signed,
         body_sha256=body_sha256,
     )
-    expected = _signature(secret, x_date, auth.date, auth.region, auth.service, canonical)
+    try:
+        expected = _signature(secret, x_date, auth.date, auth.region, auth.service, canonical)
+    except UnicodeEncodeError:
+        # A lone surrogate: how a server hands over request bytes that are not UTF-8.
+        raise _mismatch(
+            "A signed header, the path or the query is not valid UTF-8, so it cannot be signed."
+        ) from None
     if not hmac.compare_digest(expected.encode("ascii"), auth.signature.encode("ascii")):
         raise _mismatch(
             "The request signature in Authorization does not match; check the secret key "
