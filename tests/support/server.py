@@ -74,7 +74,8 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def write_config(path: Path, *, allow_private: bool = True) -> Path:
+def write_config(path: Path, *, allow_private: bool = True, extra: str = "") -> Path:
+    """The test accounts; ``extra`` is TOML appended as is (more ``[[apps]]``, say)."""
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -104,14 +105,18 @@ qps_limit = {LIMITED_APP_QPS}
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
-"""
+{extra}"""
     )
     return path
 
 
-def start_server(workdir: Path, *, allow_private: bool = True) -> RelayServer:
+def start_server(
+    workdir: Path, *, allow_private: bool = True, extra_config: str = ""
+) -> RelayServer:
     workdir.mkdir(parents=True, exist_ok=True)
-    config = write_config(workdir / "relaystream.toml", allow_private=allow_private)
+    config = write_config(
+        workdir / "relaystream.toml", allow_private=allow_private, extra=extra_config
+    )
     port = free_port()
     log_path = workdir / "server.log"
     log = log_path.open("wb")

@@ -9,6 +9,7 @@ line is written.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_plus
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -28,7 +29,8 @@ def redact_target(target: str) -> str:
     pairs = []
     for pair in query.split("&"):
         name, eq, _ = pair.partition("=")
-        pairs.append(f"{name}={REDACTED}" if eq and _SECRET_NAME.search(name) else pair)
+        secret = eq and _SECRET_NAME.search(unquote_plus(name))
+        pairs.append(f"{name}={REDACTED}" if secret else pair)
     return f"{path}?{'&'.join(pairs)}"
 
 
