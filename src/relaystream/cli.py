@@ -17,6 +17,7 @@ from relaystream.client import RelayStreamClient, RelayStreamError
 from relaystream.config import Config, ConfigError, demo_config, load_config
 from relaystream.rtc.token import Privilege, generate_token
 from relaystream.server import DEMO_CLIP_NAME, ServerSettings, build_app
+from relaystream.startup import StartupError
 
 _PRIVILEGES = {
     "publish": Privilege.PUBLISH_STREAM,
@@ -129,6 +130,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(_demo_banner(settings, demo_created), flush=True)
     try:
         web.run_app(build_app(settings), host=args.host, port=args.port, print=None)
+    except StartupError as exc:
+        print(f"relaystream serve: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # typically: the port is taken
         print(
             f"relaystream serve: cannot listen on {args.host}:{args.port}: {exc.strerror}",

@@ -150,7 +150,10 @@ def demo_config(data_dir: Path) -> tuple[Config, bool]:
         f'app_id = "{app_id}"\n'
         f'app_key = "{secrets.token_hex(16)}"\n'
     )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(text)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the demo account {path}: {exc.strerror}") from None
     return load_config(path), True

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from relaystream.api.access_log import RedactingAccessLogger
 from relaystream.api.actions import Actions
 from relaystream.api.app import OpenApiEndpoint
+from relaystream.api.parser_errors import answer_parser_errors_with_envelopes
 from relaystream.config import Config
 from relaystream.media.source import ALLOW_PRIVATE_SETTING
 from relaystream.media.testsrc import ClipSpec, make_test_clip
@@ -19,7 +21,7 @@ from relaystream.rtc.ice import use_ice_addresses
 from relaystream.rtc.publisher import EmbeddedRoomConnector
 from relaystream.rtc.room import RoomRegistry
 from relaystream.rtc.whep import WhepEndpoint
-from relaystream.store.sqlite import SqliteTaskStore
+from relaystream.startup import open_task_store, prepare_data_dir
 from relaystream.tasks.runner import RunSettings, SourcePolicy
 from relaystream.tasks.service import TaskService
 from relaystream.tasks.supervisor import TaskSupervisor
@@ -61,7 +63,8 @@ def ensure_demo_clip(data_dir: Path) -> Path:
 async def build_app(settings: ServerSettings) -> web.Application:
     config = settings.config
     use_ice_addresses(config.rtc.ice_addresses)
-    store = await SqliteTaskStore.open(settings.data_dir / "relaystream.db")
+    prepare_data_dir(settings.data_dir)
+    store = await open_task_store(settings.data_dir)
     rooms = RoomRegistry()
     policy = SourcePolicy(
         allow_private=config.sources.allow_private,
@@ -96,7 +99,12 @@ async def build_app(settings: ServerSettings) -> web.Application:
             return web.json_response({"status": "starting"}, status=503)
         return web.json_response({"status": "ok"})
 
-    app = web.Application(client_max_size=1 << 20, middlewares=[whep.cors])
+    answer_parser_errors_with_envelopes(config.region)
+    app = web.Application(
+        client_max_size=1 << 20,
+        middlewares=[whep.cors],
+        handler_args={"access_log_class": RedactingAccessLogger},
+    )
     app.add_routes(OpenApiEndpoint(config, Actions(config, tasks, stream_urls)).routes())
     app.add_routes(whep.routes())
     app.add_routes([web.get("/healthz", healthz)])

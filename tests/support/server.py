@@ -85,6 +85,8 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 def write_config(path: Path, *, allow_private: bool = True, extra: str = "") -> Path:
+    """The test accounts; ``extra`` is TOML placed right after ``[sources]
+    allow_private``: lines before any table header belong to ``[sources]``."""
     path.write_text(
         f"""
 region = "cn-north-1"

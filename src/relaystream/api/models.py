@@ -7,7 +7,7 @@ field (``MissingParameter`` / ``InvalidParameter``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -33,8 +33,10 @@ def _even(value: int | None) -> int | None:
 
 class StartControl(_Body):
     StreamUrl: Annotated[str, Field(min_length=1, max_length=4096)]
-    MediaType: Literal[0, 1, 2] = 0
-    StreamMode: Literal[0, 1] = 0
+    # Ranges rather than Literal[0, 1]: a Literal compares by equality, so true and 1.0
+    # would pass for 1; a strict int refuses both.
+    MediaType: Annotated[int, Field(ge=0, le=2)] = 0
+    StreamMode: Annotated[int, Field(ge=0, le=1)] = 0
     StartTimeStamp: Annotated[int, Field(ge=0, le=UINT32_MAX)] = 0
     Loop: bool = False
     VideoWidth: Annotated[int | None, Field(ge=16, le=1920)] = None
@@ -62,6 +64,35 @@ class TaskKeyRequest(_Body):
     AppId: Id
     RoomId: Id
     TaskId: Id
+
+
+class UpdateControl(_Body):
+    """What an Update may change (SPEC §2); absent fields keep their value."""
+
+    StreamUrl: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
+    MediaType: Annotated[int | None, Field(ge=0, le=2)] = None
+    StreamMode: Annotated[int | None, Field(ge=0, le=1)] = None
+    VideoWidth: Annotated[int | None, Field(ge=16, le=1920)] = None
+    VideoHeight: Annotated[int | None, Field(ge=16, le=1920)] = None
+    FrameRate: Annotated[int | None, Field(ge=1, le=30)] = None
+    Bitrate: Annotated[int | None, Field(gt=0)] = None
+
+    _round_sizes = field_validator("VideoWidth", "VideoHeight")(_even)
+
+
+class UpdateRelayStreamRequest(_Body):
+    AppId: Id
+    RoomId: Id
+    TaskId: Id
+    Control: UpdateControl
+
+
+class ListRelayStreamRequest(_Body):
+    AppId: Id
+    RoomId: Annotated[str | None, Field(pattern=ID_PATTERN)] = None
+    Offset: Annotated[int, Field(ge=0, le=9999)] = 0
+    Limit: Annotated[int, Field(ge=1, le=100)] = 10
+    Order: Annotated[int, Field(ge=0, le=1)] = 0  # 0 newest first, 1 oldest first
 
 
 _SECRET_FIELDS = frozenset({"Token"})

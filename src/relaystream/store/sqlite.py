@@ -34,11 +34,16 @@ class SqliteTaskStore:
     async def open(cls, path: Path) -> SqliteTaskStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         connection = await aiosqlite.connect(path)
-        # WAL: readers (List/Get) never wait for a writer; a crash loses no commit.
-        await connection.execute("PRAGMA journal_mode=WAL")
-        await connection.execute("PRAGMA synchronous=NORMAL")
-        await connection.executescript(_SCHEMA)
-        await connection.commit()
+        try:
+            # WAL: readers (List/Get) never wait for a writer; a crash loses no commit.
+            await connection.execute("PRAGMA journal_mode=WAL")
+            await connection.execute("PRAGMA synchronous=NORMAL")
+            await connection.executescript(_SCHEMA)
+            await connection.commit()
+        except BaseException:
+            # The connection's thread would otherwise keep the process alive.
+            await connection.close()
+            raise
         return cls(connection)
 
     async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
