@@ -20,7 +20,7 @@ APP_KEY = "0123456789abcdef0123456789abcdef"
 OTHER_APP_ID = "aaaaaaaaaaaaaaaaaaaaaaaa"  # exists, but the test access key does not own it
 LIMITED_APP_ID = "cccccccccccccccccccccccc"  # owned by the test access key, 3 requests/s
 LIMITED_APP_QPS = 3
-SECOND_APP_ID = "bbbbbbbbbbbbbbbbbbbbbbbb"  # owned by the test access key, default limits
+SECOND_APP_ID = "dddddddddddddddddddddddd"  # owned by the test access key, default limits
 SECOND_APP_KEY = "11111111111111111111111111111111"
 APP_KEYS = {
     APP_ID: APP_KEY,
@@ -131,6 +131,12 @@ def start_server(workdir: Path, *, allow_private: bool = True, tasks_toml: str =
     config = write_config(
         workdir / "relaystream.toml", allow_private=allow_private, tasks_toml=tasks_toml
     )
+    return serve(workdir, config)
+
+
+def serve(workdir: Path, config: Path) -> RelayServer:
+    """``relaystream serve`` with ``config``, its data and log in ``workdir``; returns
+    once it answers /healthz."""
     port = free_port()
     log_path = workdir / "server.log"
     log = log_path.open("wb")

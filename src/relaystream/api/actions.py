@@ -24,11 +24,16 @@ from relaystream.api.models import (
     parse,
 )
 from relaystream.api.ratelimit import RateLimiter
+from relaystream.api.turns import AppTurns
 from relaystream.config import Config
 from relaystream.tasks.control import RelayControl
 from relaystream.tasks.limits import TaskLimitReached
 from relaystream.tasks.model import RelayTask, TaskKey
 from relaystream.tasks.service import StartResult, TaskRequestError, TaskService, TaskView
+
+# Writes (Start, Stop, Update) of one AppId in progress at once; the others wait their
+# turn. A few keep the store busy; more would only make other AppIds wait.
+WRITES_IN_PROGRESS_PER_APP = 4
 
 ALREADY_STARTED = (
     "The task has been started. Please do not call the startup task interface repeatedly"
@@ -48,6 +53,7 @@ class Actions:
         self._config = config
         self._tasks = tasks
         self._rate_limiter = RateLimiter()
+        self._turns = AppTurns(WRITES_IN_PROGRESS_PER_APP)
 
     def table(self) -> dict[str, Handler]:
         """Action name → handler; GET is allowed only for the read actions."""
@@ -81,7 +87,8 @@ class Actions:
         self._authorize_app(caller, request.AppId)
         task = _task_from_request(request)
         try:
-            result = await self._tasks.start(task)
+            async with self._turns.turn(request.AppId):
+                result = await self._tasks.start(task)
         except TaskRequestError as exc:
             raise invalid_parameter(exc.field, exc.reason) from None
         except TaskLimitReached as exc:
@@ -96,7 +103,9 @@ class Actions:
         def change(stored: RelayControl) -> RelayControl:
             return merged_control(stored, request.Control)
 
-        if await self._tasks.update(key, change) is None:
+        async with self._turns.turn(request.AppId):
+            updated = await self._tasks.update(key, change)
+        if updated is None:
             raise task_not_found(key.app_id, key.room_id, key.task_id)
         return "ok"
 
@@ -104,7 +113,9 @@ class Actions:
         request = parse(TaskKeyRequest, body)
         self._authorize_app(caller, request.AppId)
         key = TaskKey(request.AppId, request.RoomId, request.TaskId)
-        if await self._tasks.stop(key) is None:
+        async with self._turns.turn(request.AppId):
+            stopped = await self._tasks.stop(key)
+        if stopped is None:
             raise task_not_found(key.app_id, key.room_id, key.task_id)
         return "ok"
 

@@ -77,7 +77,12 @@ class UserTaken(StoreConflict):
 
 
 class TaskTransaction(Protocol):
-    """One unit of work: all of its writes commit together, or none does."""
+    """One unit of work: all of its writes commit together, or none does.
+
+    A conflict is raised by the write itself or, for a store that sends its writes at
+    commit (SQLite), when the ``transaction()`` block ends: callers handle
+    ``StoreConflict`` around the whole block.
+    """
 
     async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None: ...
 

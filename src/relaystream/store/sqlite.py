@@ -1,10 +1,12 @@
 """The default task store: one SQLite file in the data dir.
 
-Two connections: reads outside a transaction go to one, so List and Get never queue
-behind writers (WAL lets them read the last commit while a write is under way); the
-other carries the transactions, one at a time, each ``BEGIN IMMEDIATE`` so that SQLite
-takes its write lock up front and another process on the same file waits for it
-(``busy_timeout``) instead of failing halfway.
+Two connections, each used by one thread of its own: reads go to one, so List and Get
+never queue behind writers (WAL lets them read the last commit while a write is under
+way); the other commits the units of work. Every call is one hop to a thread: a unit of
+work collects its writes and commits them in a single hop (``BEGIN IMMEDIATE``, each
+compare-and-set, ``COMMIT``), so a Start costs a few hops, not one per statement, and
+no transaction stays open across an ``await``. Another process writing the same file
+is waited for (``busy_timeout``) in that thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from relaystream.store import (
     ENDED_STATUS,
@@ -43,6 +45,7 @@ _SELECT = (
     " document FROM relay_tasks"
 )
 _GET = _SELECT + " WHERE app_id = ? AND room_id = ? AND task_id = ?"
+_EXISTS = "SELECT 1 FROM relay_tasks WHERE app_id = ? AND room_id = ? AND task_id = ?"
 _INSERT = (
     "INSERT INTO relay_tasks (app_id, room_id, task_id, user_id, status, create_time_ms,"
     " end_time_ms, version, document) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -55,57 +58,91 @@ _COUNT_APP = "SELECT count(*) FROM relay_tasks WHERE app_id = ?"
 _COUNT_ROOM = "SELECT count(*) FROM relay_tasks WHERE app_id = ? AND room_id = ?"
 _PAGE_APP = _SELECT + " WHERE app_id = ?"
 _PAGE_ROOM = _SELECT + " WHERE app_id = ? AND room_id = ?"
+_PURGE = (
+    "DELETE FROM relay_tasks WHERE rowid IN (SELECT rowid FROM relay_tasks"
+    " WHERE status = ? AND end_time_ms < ? LIMIT ?)"
+)
+
+T = TypeVar("T")
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
-    # isolation_level=None: no implicit transactions; each one is begun explicitly.
-    connection = await aiosqlite.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-    # WAL: readers never wait for a writer; a crash loses no commit.
-    await connection.execute("PRAGMA journal_mode=WAL")
-    await connection.execute("PRAGMA synchronous=NORMAL")
-    return connection
+class _Connection:
+    """One SQLite connection and the one thread that uses it."""
+
+    def __init__(self, executor: ThreadPoolExecutor, db: sqlite3.Connection) -> None:
+        self._executor = executor
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path, name: str) -> _Connection:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{name}")
+
+        def connect() -> sqlite3.Connection:
+            # isolation_level=None: no implicit transactions; each is begun explicitly.
+            db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            # WAL: readers never wait for a writer; a crash loses no commit.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            return db
+
+        try:
+            db = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, db)
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, self._db)
+
+    async def close(self) -> None:
+        await self.run(lambda db: db.close())
+        self._executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class _Insert:
+    record: TaskRecord  # as it will be stored, at version 1
+
+
+@dataclass(frozen=True)
+class _Update:
+    record: TaskRecord  # as it was read: the version to compare and set
 
 
 class SqliteTaskStore:
-    def __init__(self, reader: aiosqlite.Connection, writer: aiosqlite.Connection) -> None:
+    def __init__(self, reader: _Connection, writer: _Connection) -> None:
         self._reader = reader
         self._writer = writer
-        # One transaction at a time on the writer connection: two interleaved on one
-        # connection would be one transaction.
-        self._write_turn = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> SqliteTaskStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
+        writer = await _Connection.open(path, "writer")
         try:
-            await _migrate(writer)
-            reader = await _connect(path)
+            await writer.run(_migrate)
+            reader = await _Connection.open(path, "reader")
         except BaseException:
             await writer.close()
             raise
         return cls(reader, writer)
 
     async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
-        return await _get(self._reader, app_id, room_id, task_id)
+        return await self._reader.run(lambda db: _get(db, app_id, room_id, task_id))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TaskTransaction]:
-        async with self._write_turn:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield _SqliteTransaction(self._writer)
-            except BaseException:
-                await self._writer.rollback()
-                raise
-            await self._writer.commit()
+        unit = _SqliteTransaction(self)
+        yield unit
+        # Reached only when the block did not raise: its writes commit together.
+        if unit.writes:
+            await self._writer.run(lambda db: _commit(db, unit.writes))
 
     async def list_with_status(self, statuses: tuple[int, ...]) -> list[TaskRecord]:
         # Only '?' placeholders are interpolated; the values are bound.
-        marks = ",".join("?" * len(statuses))
-        query = _SELECT + f" WHERE status IN ({marks}) ORDER BY create_time_ms"
-        async with self._reader.execute(query, statuses) as cursor:
-            rows = await cursor.fetchall()
+        query = _SELECT + f" WHERE status IN ({','.join('?' * len(statuses))})"
+        query += " ORDER BY create_time_ms"
+        rows = await self._reader.run(lambda db: db.execute(query, statuses).fetchall())
         return [_to_record(row) for row in rows]
 
     async def query(self, query: TaskQuery) -> TaskPage:
@@ -120,29 +157,40 @@ class SqliteTaskStore:
             f" ORDER BY create_time_ms {direction}, room_id {direction}, task_id {direction}"
             " LIMIT ? OFFSET ?"
         )
-        async with self._reader.execute(count, params) as cursor:
-            row = await cursor.fetchone()
-        total = int(row[0]) if row else 0
-        async with self._reader.execute(page, [*params, query.limit, query.offset]) as cursor:
-            rows = await cursor.fetchall()
+
+        def read(db: sqlite3.Connection) -> tuple[int, list[Any]]:
+            # One read transaction: the total and the page come from the same snapshot.
+            db.execute("BEGIN")
+            try:
+                total = int(db.execute(count, params).fetchone()[0])
+                rows = db.execute(page, [*params, query.limit, query.offset]).fetchall()
+            finally:
+                db.execute("COMMIT")
+            return total, rows
+
+        total, rows = await self._reader.run(read)
         return TaskPage(total=total, records=[_to_record(row) for row in rows])
 
     async def purge_ended(self, ended_before_ms: int) -> int:
+        def purge_batch(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = db.execute(_PURGE, (ENDED_STATUS, ended_before_ms, _PURGE_BATCH)).rowcount
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return int(deleted)
+
         purged = 0
         while True:
-            async with self.transaction():
-                cursor = await self._writer.execute(
-                    "DELETE FROM relay_tasks WHERE rowid IN (SELECT rowid FROM relay_tasks"
-                    " WHERE status = ? AND end_time_ms < ? LIMIT ?)",
-                    (ENDED_STATUS, ended_before_ms, _PURGE_BATCH),
-                )
-                deleted = cursor.rowcount
+            deleted = await self._writer.run(purge_batch)
             purged += deleted
             if deleted < _PURGE_BATCH:
                 return purged
 
     async def schema_version(self) -> int:
-        return await _schema_version(self._reader)
+        return await self._reader.run(_schema_version)
 
     async def close(self) -> None:
         await self._reader.close()
@@ -150,78 +198,99 @@ class SqliteTaskStore:
 
 
 class _SqliteTransaction:
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self._db = connection
+    """Collects a unit of work's writes; the store commits them when the block ends, so
+    a conflict (``TaskExists``, ``StaleVersion``, ``UserTaken``) is raised there."""
+
+    def __init__(self, store: SqliteTaskStore) -> None:
+        self._store = store
+        self.writes: list[_Insert | _Update] = []
 
     async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
-        return await _get(self._db, app_id, room_id, task_id)
+        # The last commit; what this unit writes is checked against it again at commit.
+        return await self._store.get(app_id, room_id, task_id)
 
     async def insert(self, record: TaskRecord) -> TaskRecord:
         stored = record.with_version(1)
-        try:
-            await self._db.execute(_INSERT, _values(stored))
-        except sqlite3.IntegrityError:
-            if await self.get(record.app_id, record.room_id, record.task_id) is not None:
-                raise TaskExists(_key(record)) from None
-            raise UserTaken(_key(record)) from None
+        self.writes.append(_Insert(stored))
         return stored
 
     async def update(self, record: TaskRecord) -> TaskRecord:
-        stored = record.with_version(record.version + 1)
-        try:
-            cursor = await self._db.execute(
-                _UPDATE,
-                (
-                    stored.user_id,
-                    stored.status,
-                    stored.create_time_ms,
-                    stored.end_time_ms,
-                    stored.version,
-                    json.dumps(stored.document),
-                    record.app_id,
-                    record.room_id,
-                    record.task_id,
-                    record.version,
-                ),
-            )
-        except sqlite3.IntegrityError:
-            raise UserTaken(_key(record)) from None
-        if cursor.rowcount != 1:
-            raise StaleVersion(f"{_key(record)} is no longer at version {record.version}")
-        return stored
+        self.writes.append(_Update(record))
+        return record.with_version(record.version + 1)
 
 
-async def _get(
-    db: aiosqlite.Connection, app_id: str, room_id: str, task_id: str
-) -> TaskRecord | None:
-    async with db.execute(_GET, (app_id, room_id, task_id)) as cursor:
-        row = await cursor.fetchone()
+def _commit(db: sqlite3.Connection, writes: list[_Insert | _Update]) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for write in writes:
+            if isinstance(write, _Insert):
+                _insert(db, write.record)
+            else:
+                _update(db, write.record)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _insert(db: sqlite3.Connection, record: TaskRecord) -> None:
+    try:
+        db.execute(_INSERT, _values(record))
+    except sqlite3.IntegrityError:
+        if db.execute(_EXISTS, (record.app_id, record.room_id, record.task_id)).fetchone():
+            raise TaskExists(_key(record)) from None
+        raise UserTaken(_key(record)) from None
+
+
+def _update(db: sqlite3.Connection, record: TaskRecord) -> None:
+    try:
+        cursor = db.execute(
+            _UPDATE,
+            (
+                record.user_id,
+                record.status,
+                record.create_time_ms,
+                record.end_time_ms,
+                record.version + 1,
+                json.dumps(record.document),
+                record.app_id,
+                record.room_id,
+                record.task_id,
+                record.version,
+            ),
+        )
+    except sqlite3.IntegrityError:
+        raise UserTaken(_key(record)) from None
+    if cursor.rowcount != 1:
+        raise StaleVersion(f"{_key(record)} is no longer at version {record.version}")
+
+
+def _get(db: sqlite3.Connection, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
+    row = db.execute(_GET, (app_id, room_id, task_id)).fetchone()
     return _to_record(row) if row else None
 
 
-async def _schema_version(db: aiosqlite.Connection) -> int:
-    async with db.execute("SELECT version FROM schema_version") as cursor:
-        row = await cursor.fetchone()
+def _schema_version(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT version FROM schema_version").fetchone()
     return int(row[0]) if row else 0
 
 
-async def _migrate(db: aiosqlite.Connection) -> None:
-    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     for target, statements in enumerate(MIGRATIONS, start=1):
         # The version is read again inside each transaction: another process opening
         # the same file may have applied the migration meanwhile.
-        await db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
-            current = await _schema_version(db)
-            if current < target:
+            if _schema_version(db) < target:
                 for statement in statements:
-                    await db.execute(statement)
-                await db.execute("DELETE FROM schema_version")
-                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
+                    db.execute(statement)
+                db.execute("DELETE FROM schema_version")
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
         except BaseException:
-            await db.rollback()
+            db.execute("ROLLBACK")
             raise
-        await db.commit()
+        db.execute("COMMIT")
 
 
 def _key(record: TaskRecord) -> str:
@@ -242,16 +311,16 @@ def _values(record: TaskRecord) -> tuple[Any, ...]:
     )
 
 
-def _to_record(row: aiosqlite.Row | tuple[object, ...]) -> TaskRecord:
-    app_id, room_id, task_id, user_id, status, created, ended, version, document = tuple(row)
+def _to_record(row: tuple[Any, ...]) -> TaskRecord:
+    app_id, room_id, task_id, user_id, status, created, ended, version, document = row
     return TaskRecord(
         app_id=str(app_id),
         room_id=str(room_id),
         task_id=str(task_id),
         user_id=str(user_id),
-        status=int(str(status)),
-        create_time_ms=int(str(created)),
-        end_time_ms=int(str(ended)),
-        version=int(str(version)),
-        document=json.loads(str(document)),
+        status=int(status),
+        create_time_ms=int(created),
+        end_time_ms=int(ended),
+        version=int(version),
+        document=json.loads(document),
     )
