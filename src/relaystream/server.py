@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,11 @@ async def build_app(settings: ServerSettings) -> web.Application:
         if resumed:
             logger.info("resumed %d active task(s)", resumed)
         background.append(asyncio.create_task(retention.run_forever(), name="retention"))
+        # What exists now (modules, the app, resumed tasks) lives as long as the server:
+        # keep it out of every full collection, whose pause would otherwise grow with it
+        # and land on whichever request is being answered.
+        gc.collect()
+        gc.freeze()
         ready.set()
 
     async def on_cleanup(_: web.Application) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from relaystream.rtc.token import AppKeyLookup, Privilege, TokenError, verify_token
-from relaystream.store import TaskExists, TaskQuery, UserTaken
+from relaystream.store import TaskQuery, UserTaken
 from relaystream.tasks.control import RelayControl
 from relaystream.tasks.model import RelayTask, StopReason, TaskKey
 from relaystream.tasks.runner import RunStats
@@ -52,13 +52,17 @@ class TaskService:
 
     async def start(self, task: RelayTask) -> StartResult:
         """Start a new run of ``task``; ``TaskLimitReached`` when the caps are full."""
-        existing = await self._supervisor.load(task.key)
-        if existing is not None and existing.active:
-            return StartResult.ALREADY_ACTIVE
-        self._check_token(task)
+        try:
+            self._check_token(task)
+        except TaskRequestError:
+            # A repeated Start of an active task is answered as such, whatever its token.
+            existing = await self._supervisor.load(task.key)
+            if existing is not None and existing.active:
+                return StartResult.ALREADY_ACTIVE
+            raise
         try:
             await self._supervisor.launch(task)
-        except (TaskAlreadyActive, TaskExists):
+        except TaskAlreadyActive:
             return StartResult.ALREADY_ACTIVE
         except UserTaken:
             raise TaskRequestError(

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from relaystream.rtc.publisher import RoomConnector
-from relaystream.store import StaleVersion, TaskQuery, TaskStore
+from relaystream.store import StaleVersion, TaskExists, TaskQuery, TaskStore
 from relaystream.tasks.control import RelayControl
 from relaystream.tasks.limits import RunningSlots, Slot, TaskLimitReached
 from relaystream.tasks.model import (
@@ -201,17 +201,28 @@ class TaskSupervisor:
         raise RuntimeError(f"{key}: gave up after {_MAX_ATTEMPTS} conflicting writes")
 
     async def _save(self, task: RelayTask) -> RelayTask:
-        """Store a new run of ``task``: a new key, or one whose last run has ended."""
+        """Store a new run of ``task``: a new key (one write, the common case), or one
+        whose last run has ended (compare-and-set on the ended run's version)."""
         new, key = to_record(task), task.key
-        async with self._store.transaction() as unit:
-            stored = await unit.get(key.app_id, key.room_id, key.task_id)
-            if stored is None:
-                await unit.insert(new)
-            elif stored.status == TaskStatus.ENDED:
-                await unit.update(new.with_version(stored.version))
-            else:
-                raise TaskAlreadyActive(str(task.key))
-        return task
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                async with self._store.transaction() as unit:
+                    await unit.insert(new)
+                return task
+            except TaskExists:
+                pass
+            try:
+                async with self._store.transaction() as unit:
+                    stored = await unit.get(key.app_id, key.room_id, key.task_id)
+                    if stored is None:
+                        continue  # purged meanwhile: insert again
+                    if stored.status != TaskStatus.ENDED:
+                        raise TaskAlreadyActive(str(key))
+                    await unit.update(new.with_version(stored.version))
+                return task
+            except StaleVersion:
+                continue  # changed meanwhile: look again
+        raise RuntimeError(f"{key}: gave up after {_MAX_ATTEMPTS} conflicting writes")
 
 
 def _due(task: RelayTask) -> bool:
