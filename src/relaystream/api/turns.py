@@ -1,4 +1,4 @@
-"""Write actions of one AppId take turns, so one AppId's burst queues behind itself.
+"""Starts and Updates of one AppId take turns, so its burst queues behind itself.
 
 The server answers every request on one event loop. Without turns, a burst of Starts
 for one AppId puts all of its requests into the store's commit queue and the loop's
