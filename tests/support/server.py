@@ -20,7 +20,7 @@ APP_KEY = "0123456789abcdef0123456789abcdef"
 OTHER_APP_ID = "aaaaaaaaaaaaaaaaaaaaaaaa"  # exists, but the test access key does not own it
 LIMITED_APP_ID = "cccccccccccccccccccccccc"  # owned by the test access key, 3 requests/s
 LIMITED_APP_QPS = 3
-SECOND_APP_ID = "dddddddddddddddddddddddd"  # owned by the test access key, default limits
+SECOND_APP_ID = "second-app-id-0123456789"  # owned by the test access key, default limits
 SECOND_APP_KEY = "11111111111111111111111111111111"
 APP_KEYS = {
     APP_ID: APP_KEY,
