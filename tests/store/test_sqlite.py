@@ -15,7 +15,7 @@ import pytest
 from relaystream.media.spec import MediaType, StreamMode
 from relaystream.store import StaleVersion, TaskExists, TaskQuery, TaskRecord, UserTaken
 from relaystream.store.migrations import LATEST_VERSION
-from relaystream.store.sqlite import SqliteTaskStore
+from relaystream.store.sqlite import _PURGE, SqliteTaskStore
 from relaystream.tasks.model import (
     RelayControl,
     RelayTask,
@@ -289,11 +289,13 @@ async def test_the_page_queries_use_indexes(store: SqliteTaskStore, db_path: Pat
                 (APP, "room-1"),
             ),
             ("SELECT count(*) FROM relay_tasks WHERE app_id = ? AND room_id = ?", (APP, "r")),
-            ("DELETE FROM relay_tasks WHERE status = 3 AND end_time_ms < ?", (5,)),
+            (_PURGE, (3, 5, 500)),
         ):
             plan = " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
             assert "INDEX" in plan, (sql, plan)
             assert "TEMP B-TREE" not in plan, (sql, plan)
+        purge = db.execute(f"EXPLAIN QUERY PLAN {_PURGE}", (3, 5, 500))
+        assert "end_time_ms<?" in " ".join(str(row[-1]) for row in purge)
 
 
 async def test_purging_removes_only_tasks_ended_before_the_cutoff(store: SqliteTaskStore) -> None:

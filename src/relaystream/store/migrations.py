@@ -49,7 +49,9 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         # Two active tasks may not publish as the same user in one room, on any node.
         """CREATE UNIQUE INDEX relay_tasks_active_user
             ON relay_tasks (app_id, room_id, user_id) WHERE status <> 3""",
-        "CREATE INDEX relay_tasks_ended ON relay_tasks (end_time_ms) WHERE status = 3",
+        # Status lookups (resume) and the retention purge (ended, by end time).
+        "DROP INDEX IF EXISTS relay_tasks_status",
+        "CREATE INDEX relay_tasks_status_end ON relay_tasks (status, end_time_ms)",
     ),
 )
 
