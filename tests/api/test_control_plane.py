@@ -24,6 +24,9 @@ from tests.support.server import (
     start_server,
 )
 
+ALREADY_STARTED = (
+    "The task has been started. Please do not call the startup task interface repeatedly"
+)
 LATER = int(time.time()) + 24 * 3600  # scheduled tasks never start during the tests
 NEVER_OPENED = "http://127.0.0.1:9/never.flv"
 
@@ -346,6 +349,8 @@ def test_running_caps_refuse_a_start_with_task_number_over_limit(
             "Control": {"StreamUrl": source, "StreamMode": 1},
         }
         assert post_status(capped_server, "StartRelayStream", refused_body) == 429
+        # Starting a running task again is still answered as such.
+        assert start(rtc, capped_server, "caps", "a1", StreamUrl=source) == ALREADY_STARTED
         assert refused(rtc, "GetRelayStream", key("caps", "a3")).code == (
             "InvalidParameter.ErrorActiveTaskNotFound"
         )

@@ -14,6 +14,7 @@ from enum import Enum
 from relaystream.rtc.token import AppKeyLookup, Privilege, TokenError, verify_token
 from relaystream.store import TaskQuery, UserTaken
 from relaystream.tasks.control import RelayControl
+from relaystream.tasks.limits import TaskLimitReached
 from relaystream.tasks.model import RelayTask, StopReason, TaskKey
 from relaystream.tasks.runner import RunStats
 from relaystream.tasks.supervisor import TaskAlreadyActive, TaskSupervisor
@@ -54,14 +55,13 @@ class TaskService:
         """Start a new run of ``task``; ``TaskLimitReached`` when the caps are full."""
         try:
             self._check_token(task)
-        except TaskRequestError:
-            # A repeated Start of an active task is answered as such, whatever its token.
-            existing = await self._supervisor.load(task.key)
-            if existing is not None and existing.active:
+            await self._supervisor.launch(task)
+        except (TaskRequestError, TaskLimitReached):
+            # A repeated Start of an active task is answered as such, whatever its token
+            # and however full the caps (the common path never reads the task first).
+            if await self._is_active(task.key):
                 return StartResult.ALREADY_ACTIVE
             raise
-        try:
-            await self._supervisor.launch(task)
         except TaskAlreadyActive:
             return StartResult.ALREADY_ACTIVE
         except UserTaken:
@@ -71,6 +71,10 @@ class TaskService:
                 "as another active task",
             ) from None
         return StartResult.STARTED
+
+    async def _is_active(self, key: TaskKey) -> bool:
+        existing = await self._supervisor.load(key)
+        return existing is not None and existing.active
 
     async def stop(self, key: TaskKey) -> RelayTask | None:
         return await self._supervisor.stop(key, StopReason.API_STOP)
