@@ -23,6 +23,7 @@ import asyncio
 import json
 import multiprocessing
 import multiprocessing.synchronize
+import os
 import statistics
 import tempfile
 import time
@@ -232,7 +233,8 @@ def main() -> None:
         finally:
             server.stop()
 
-    print()
+    load_1min = os.getloadavg()[0]
+    print(f"\nmachine load average (1 min) at the end: {load_1min:.1f} on {os.cpu_count()} cores")
     print(f"{'Start latency (ms)':<34} {'starts':>7} {'p50':>9} {'p99':>9} {'max':>9}")
     print(row("QUIET app, no burst", baseline))
     print(row("QUIET app, during the burst", during))
