@@ -208,7 +208,7 @@ async def test_a_task_expires_after_its_lifetime(
     tmp_path: Path, life_media: tuple[str, Path]
 ) -> None:
     base_url, _ = life_media
-    server = start_server(tmp_path / "short-lived", extra_config="[tasks]\nlifetime_s = 4\n")
+    server = start_server(tmp_path / "short-lived", tasks_toml="lifetime_s = 4")
     try:
         rtc = RtcService(server.host, ACCESS_KEY_ID, SECRET_ACCESS_KEY)
         await start(server, rtc, "mayfly", f"{base_url}/five.mp4", Loop=True)

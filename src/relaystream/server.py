@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from relaystream.rtc.publisher import EmbeddedRoomConnector
 from relaystream.rtc.room import RoomRegistry
 from relaystream.rtc.whep import WhepEndpoint
 from relaystream.startup import open_task_store, prepare_data_dir
+from relaystream.tasks.limits import RunningSlots
+from relaystream.tasks.retention import RetentionJob
 from relaystream.tasks.runner import RunSettings, SourcePolicy
 from relaystream.tasks.service import TaskService
 from relaystream.tasks.supervisor import TaskSupervisor
@@ -77,12 +80,20 @@ async def build_app(settings: ServerSettings) -> web.Application:
         trusted_prefixes=policy.trusted_url_prefixes,
         setting_name=ALLOW_PRIVATE_SETTING,
     )
+    slots = RunningSlots(per_node=config.tasks.max_running_per_node, per_app=config.max_running_for)
     supervisor = TaskSupervisor(
         store,
         EmbeddedRoomConnector(rooms, config.app_key_for),
         policy,
+        slots,
         RunSettings(lifetime_s=config.tasks.lifetime_s),
     )
+    retention = RetentionJob(
+        store,
+        retention_s=config.tasks.retention_s,
+        interval_s=config.tasks.purge_interval_s,
+    )
+    background: list[asyncio.Task[None]] = []
     tasks = TaskService(supervisor, config.app_key_for)
     whep = WhepEndpoint(rooms, config.app_key_for)
     ready = asyncio.Event()
@@ -114,10 +125,18 @@ async def build_app(settings: ServerSettings) -> web.Application:
         resumed = await supervisor.resume()
         if resumed:
             logger.info("resumed %d active task(s)", resumed)
+        background.append(asyncio.create_task(retention.run_forever(), name="retention"))
+        # What exists now (modules, the app, resumed tasks) lives as long as the server:
+        # keep it out of every full collection, whose pause would otherwise grow with it
+        # and land on whichever request is being answered.
+        gc.collect()
+        gc.freeze()
         ready.set()
 
     async def on_cleanup(_: web.Application) -> None:
-        await asyncio.gather(demo_clip_made, return_exceptions=True)
+        for job in background:
+            job.cancel()
+        await asyncio.gather(demo_clip_made, *background, return_exceptions=True)
         await supervisor.shutdown()
         await whep.close_all()
         await store.close()

@@ -20,6 +20,13 @@ APP_KEY = "0123456789abcdef0123456789abcdef"
 OTHER_APP_ID = "aaaaaaaaaaaaaaaaaaaaaaaa"  # exists, but the test access key does not own it
 LIMITED_APP_ID = "cccccccccccccccccccccccc"  # owned by the test access key, 3 requests/s
 LIMITED_APP_QPS = 3
+SECOND_APP_ID = "second-app-id-0123456789"  # owned by the test access key, default limits
+SECOND_APP_KEY = "11111111111111111111111111111111"
+APP_KEYS = {
+    APP_ID: APP_KEY,
+    LIMITED_APP_ID: "00000000000000000000000000000000",
+    SECOND_APP_ID: SECOND_APP_KEY,
+}
 
 
 @dataclass
@@ -28,7 +35,7 @@ class RelayServer:
     port: int
     data_dir: Path
     log_path: Path
-    extra_config: str = ""
+    config_path: Path
 
     @property
     def host(self) -> str:
@@ -41,10 +48,12 @@ class RelayServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def publish_token(self, room_id: str, user_id: str, **kwargs: int) -> str:
+    def publish_token(
+        self, room_id: str, user_id: str, *, app_id: str = APP_ID, **kwargs: int
+    ) -> str:
         return generate_token(
-            app_id=APP_ID,
-            app_key=APP_KEY,
+            app_id=app_id,
+            app_key=APP_KEYS[app_id],
             room_id=room_id,
             user_id=user_id,
             privileges=[Privilege.PUBLISH_STREAM],
@@ -70,7 +79,7 @@ class RelayServer:
 
     def restart(self) -> RelayServer:
         """A new server process on the same config, data dir and port."""
-        return start_server(self.data_dir.parent, extra_config=self.extra_config, port=self.port)
+        return serve(self.data_dir.parent, self.config_path, port=self.port)
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -84,9 +93,12 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def write_config(path: Path, *, allow_private: bool = True, extra: str = "") -> Path:
-    """The test accounts; ``extra`` is TOML placed right after ``[sources]
-    allow_private``: lines before any table header belong to ``[sources]``."""
+def write_config(
+    path: Path, *, allow_private: bool = True, tasks_toml: str = "", extra: str = ""
+) -> Path:
+    """The test config; ``tasks_toml`` is the body of its [tasks] section, ``extra`` TOML
+    placed right after ``[sources] allow_private`` (lines before any table header belong
+    to ``[sources]``)."""
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -94,7 +106,7 @@ region = "cn-north-1"
 [[access_keys]]
 id = "{ACCESS_KEY_ID}"
 secret = "{SECRET_ACCESS_KEY}"
-apps = ["{APP_ID}", "{LIMITED_APP_ID}"]
+apps = ["{APP_ID}", "{LIMITED_APP_ID}", "{SECOND_APP_ID}"]
 
 [[access_keys]]
 id = "AKLTother"
@@ -111,28 +123,44 @@ app_key = "fedcba9876543210fedcba9876543210"
 
 [[apps]]
 app_id = "{LIMITED_APP_ID}"
-app_key = "00000000000000000000000000000000"
+app_key = "{APP_KEYS[LIMITED_APP_ID]}"
 qps_limit = {LIMITED_APP_QPS}
+
+[[apps]]
+app_id = "{SECOND_APP_ID}"
+app_key = "{SECOND_APP_KEY}"
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
 {extra}
+
+[tasks]
+{tasks_toml}
 """
     )
     return path
 
 
 def start_server(
-    workdir: Path, *, allow_private: bool = True, extra_config: str = "", port: int | None = None
+    workdir: Path,
+    *,
+    allow_private: bool = True,
+    tasks_toml: str = "",
+    extra_config: str = "",
 ) -> RelayServer:
-    """A server on a free port (or ``port``: a restart on the same data dir and port).
-
-    ``extra_config``: more TOML, placed right after ``[sources] allow_private``, so lines
-    before any table header belong to ``[sources]``."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
-        workdir / "relaystream.toml", allow_private=allow_private, extra=extra_config
+        workdir / "relaystream.toml",
+        allow_private=allow_private,
+        tasks_toml=tasks_toml,
+        extra=extra_config,
     )
+    return serve(workdir, config)
+
+
+def serve(workdir: Path, config: Path, *, port: int | None = None) -> RelayServer:
+    """``relaystream serve`` with ``config``, its data and log in ``workdir``, on a free
+    port (or ``port``: a restart); returns once it answers /healthz."""
     port = port or free_port()
     log_path = workdir / "server.log"
     log = log_path.open("ab")
@@ -153,7 +181,7 @@ def start_server(
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    server = RelayServer(process, port, workdir / "data", log_path, extra_config)
+    server = RelayServer(process, port, workdir / "data", log_path, config)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
