@@ -37,6 +37,10 @@ async def camera(relay_server: RelayServer, clips: dict[str, Path]) -> AsyncIter
     await publisher.close()
 
 
+def publisher_as(server: RelayServer, room: str, user: str, clip: Path) -> WhipPublisher:
+    return WhipPublisher(whip_url(server, room, user), server.publish_token(room, user), clip)
+
+
 async def refused(server: RelayServer, room: str, user: str, token: str, clip: Path) -> int:
     publisher = WhipPublisher(whip_url(server, room, user), token, clip)
     with pytest.raises(WhipRefused) as refusal:
@@ -48,9 +52,7 @@ async def test_a_whip_publisher_is_seen_and_heard_then_leaves(
     relay_server: RelayServer, clips: dict[str, Path]
 ) -> None:
     room = "room-whip-story"
-    publisher = WhipPublisher(
-        whip_url(relay_server, room, "guest"), relay_server.publish_token(room, "guest"), clips["ts"]
-    )
+    publisher = publisher_as(relay_server, room, "guest", clips["ts"])
     await publisher.connect()
     viewer = WhepViewer(whep_url(relay_server, room, "guest"), relay_server.subscribe_token(room))
     try:
@@ -90,9 +92,7 @@ async def test_publishing_needs_a_publish_token_for_that_user(
     assert await refused(relay_server, room, "guest", other_user, clips["ts"]) == 403
     assert await refused(relay_server, room, "guest", forged, clips["ts"]) == 403
     # None of them got in: the user id is still free.
-    publisher = WhipPublisher(
-        whip_url(relay_server, room, "guest"), relay_server.publish_token(room, "guest"), clips["ts"]
-    )
+    publisher = publisher_as(relay_server, room, "guest", clips["ts"])
     await publisher.connect()
     assert await publisher.leave() == 200
 
@@ -101,9 +101,12 @@ async def test_nobody_publishes_as_a_user_already_in_the_room(
     relay_server: RelayServer, rtc: RtcService, media_url: str, clips: dict[str, Path], camera: str
 ) -> None:
     room = "room-whip"
-    assert await refused(
-        relay_server, room, camera, relay_server.publish_token(room, camera), clips["ts"]
-    ) == 409
+    assert (
+        await refused(
+            relay_server, room, camera, relay_server.publish_token(room, camera), clips["ts"]
+        )
+        == 409
+    )
 
     start = {
         **task_key(room, "relay"),
