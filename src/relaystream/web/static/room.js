@@ -12,8 +12,12 @@ window.relaystreamRoom = state;
 
 const $ = (id) => document.getElementById(id);
 
+// Not URLSearchParams: it reads "+" as a space, and tokens are base64.
 function tokenFromFragment() {
-  return new URLSearchParams(location.hash.slice(1)).get("token");
+  for (const part of location.hash.slice(1).split("&")) {
+    if (part.startsWith("token=")) return decodeURIComponent(part.slice(6));
+  }
+  return null;
 }
 
 function showStatus(text, isError = false) {
@@ -39,6 +43,7 @@ async function followRoom(token) {
     } catch (error) {
       if (error instanceof Refused) {
         closeAll();
+        showStatus("Signed out", true);
         askForToken(error.message);
         return;
       }
@@ -223,7 +228,7 @@ document.title = `${roomId} · relaystream`;
 $("sign-in").addEventListener("submit", (event) => {
   event.preventDefault();
   const token = $("token").value.trim();
-  history.replaceState(null, "", `#${new URLSearchParams({ token })}`);
+  history.replaceState(null, "", `#token=${encodeURIComponent(token)}`);
   start(token);
 });
 window.addEventListener("pagehide", closeAll);
