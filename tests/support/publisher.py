@@ -16,20 +16,22 @@ class WhipRefused(Exception):
 
 
 class WhipPublisher:
-    """Publishes ``clip`` (an MPEG-TS with H.264 and AAC): its H.264 packets as they are
-    (no encode in the test process), its audio encoded to Opus by aiortc."""
+    """Publishes ``clip`` (an MPEG-TS with H.264 and maybe AAC): its H.264 packets as they
+    are (no encode in the test process), its audio encoded to Opus by aiortc."""
 
-    def __init__(self, whip_url: str, token: str, clip: Path) -> None:
+    def __init__(self, whip_url: str, token: str, clip: Path, *, audio: bool = True) -> None:
         self.whip_url = whip_url
         self.token = token
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self._video = MediaPlayer(str(clip), decode=False)
-        self._audio = MediaPlayer(str(clip))
+        self._players = [MediaPlayer(str(clip), decode=False)]
+        if audio:
+            self._players.append(MediaPlayer(str(clip)))
         self.session_url: str | None = None
 
     async def connect(self) -> None:
-        self.pc.addTransceiver(self._video.video, direction="sendonly")
-        self.pc.addTransceiver(self._audio.audio, direction="sendonly")
+        self.pc.addTransceiver(self._players[0].video, direction="sendonly")
+        if len(self._players) > 1:
+            self.pc.addTransceiver(self._players[1].audio, direction="sendonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with aiohttp.ClientSession() as http:
             response = await http.post(
@@ -58,7 +60,7 @@ class WhipPublisher:
 
     async def close(self) -> None:
         await self.pc.close()
-        for player in (self._video, self._audio):
+        for player in self._players:
             for track in (player.audio, player.video):
                 if track is not None:
                     track.stop()
