@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from relaystream.rtc.signaling import cors
 from relaystream.rtc.whep import WhepEndpoint
 from relaystream.rtc.whip import WhipEndpoint
 from relaystream.store.sqlite import SqliteTaskStore
+from relaystream.tasks.limits import RunningSlots
+from relaystream.tasks.retention import RetentionJob
 from relaystream.tasks.runner import SourcePolicy
 from relaystream.tasks.service import TaskService
 from relaystream.tasks.supervisor import TaskSupervisor
@@ -69,7 +72,16 @@ async def build_app(settings: ServerSettings) -> web.Application:
         allow_private=config.sources.allow_private,
         trusted_url_prefixes=(settings.demo_url_prefix,),
     )
-    supervisor = TaskSupervisor(store, EmbeddedRoomConnector(rooms, config.app_key_for), policy)
+    slots = RunningSlots(per_node=config.tasks.max_running_per_node, per_app=config.max_running_for)
+    supervisor = TaskSupervisor(
+        store, EmbeddedRoomConnector(rooms, config.app_key_for), policy, slots
+    )
+    retention = RetentionJob(
+        store,
+        retention_s=config.tasks.retention_s,
+        interval_s=config.tasks.purge_interval_s,
+    )
+    background: list[asyncio.Task[None]] = []
     tasks = TaskService(supervisor, config.app_key_for)
     whep = WhepEndpoint(rooms, config.app_key_for)
 
@@ -111,13 +123,21 @@ async def build_app(settings: ServerSettings) -> web.Application:
         resumed = await supervisor.resume()
         if resumed:
             logger.info("resumed %d active task(s)", resumed)
+        background.append(asyncio.create_task(retention.run_forever(), name="retention"))
+        # What exists now (modules, the app, resumed tasks) lives as long as the server:
+        # keep it out of every full collection, whose pause would otherwise grow with it
+        # and land on whichever request is being answered.
+        gc.collect()
+        gc.freeze()
         ready.set()
 
     async def on_shutdown(_: web.Application) -> None:
         room_events.close_all()
 
     async def on_cleanup(_: web.Application) -> None:
-        await asyncio.gather(demo_clip_made, return_exceptions=True)
+        for job in background:
+            job.cancel()
+        await asyncio.gather(demo_clip_made, *background, return_exceptions=True)
         await supervisor.shutdown()
         await whip.close_all()
         await whep.close_all()

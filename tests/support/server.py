@@ -20,6 +20,13 @@ APP_KEY = "0123456789abcdef0123456789abcdef"
 OTHER_APP_ID = "aaaaaaaaaaaaaaaaaaaaaaaa"  # exists, but the test access key does not own it
 LIMITED_APP_ID = "cccccccccccccccccccccccc"  # owned by the test access key, 3 requests/s
 LIMITED_APP_QPS = 3
+SECOND_APP_ID = "second-app-id-0123456789"  # owned by the test access key, default limits
+SECOND_APP_KEY = "11111111111111111111111111111111"
+APP_KEYS = {
+    APP_ID: APP_KEY,
+    LIMITED_APP_ID: "00000000000000000000000000000000",
+    SECOND_APP_ID: SECOND_APP_KEY,
+}
 
 
 @dataclass
@@ -40,10 +47,12 @@ class RelayServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def publish_token(self, room_id: str, user_id: str, **kwargs: int) -> str:
+    def publish_token(
+        self, room_id: str, user_id: str, *, app_id: str = APP_ID, **kwargs: int
+    ) -> str:
         return generate_token(
-            app_id=APP_ID,
-            app_key=APP_KEY,
+            app_id=app_id,
+            app_key=APP_KEYS[app_id],
             room_id=room_id,
             user_id=user_id,
             privileges=[Privilege.PUBLISH_STREAM],
@@ -74,7 +83,8 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def write_config(path: Path, *, allow_private: bool = True) -> Path:
+def write_config(path: Path, *, allow_private: bool = True, tasks_toml: str = "") -> Path:
+    """The test config; ``tasks_toml`` is the body of its [tasks] section."""
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -82,7 +92,7 @@ region = "cn-north-1"
 [[access_keys]]
 id = "{ACCESS_KEY_ID}"
 secret = "{SECRET_ACCESS_KEY}"
-apps = ["{APP_ID}", "{LIMITED_APP_ID}"]
+apps = ["{APP_ID}", "{LIMITED_APP_ID}", "{SECOND_APP_ID}"]
 
 [[access_keys]]
 id = "AKLTother"
@@ -99,19 +109,34 @@ app_key = "fedcba9876543210fedcba9876543210"
 
 [[apps]]
 app_id = "{LIMITED_APP_ID}"
-app_key = "00000000000000000000000000000000"
+app_key = "{APP_KEYS[LIMITED_APP_ID]}"
 qps_limit = {LIMITED_APP_QPS}
+
+[[apps]]
+app_id = "{SECOND_APP_ID}"
+app_key = "{SECOND_APP_KEY}"
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
+
+[tasks]
+{tasks_toml}
 """
     )
     return path
 
 
-def start_server(workdir: Path, *, allow_private: bool = True) -> RelayServer:
+def start_server(workdir: Path, *, allow_private: bool = True, tasks_toml: str = "") -> RelayServer:
     workdir.mkdir(parents=True, exist_ok=True)
-    config = write_config(workdir / "relaystream.toml", allow_private=allow_private)
+    config = write_config(
+        workdir / "relaystream.toml", allow_private=allow_private, tasks_toml=tasks_toml
+    )
+    return serve(workdir, config)
+
+
+def serve(workdir: Path, config: Path) -> RelayServer:
+    """``relaystream serve`` with ``config``, its data and log in ``workdir``; returns
+    once it answers /healthz."""
     port = free_port()
     log_path = workdir / "server.log"
     log = log_path.open("wb")

@@ -17,6 +17,7 @@ from relaystream.media.spec import PipelineSpec
 from relaystream.media.wire import EncodedPacket, MessageKind, WorkerEvent
 from relaystream.rtc.publisher import JoinRefused, RoomConnector, RoomPublisher
 from relaystream.rtc.room import TrackKind
+from relaystream.tasks.control import pipeline_fields
 from relaystream.tasks.model import RelayTask, StopReason
 
 logger = logging.getLogger(__name__)
@@ -69,15 +70,8 @@ class RunOutcome:
 
 
 def pipeline_spec(task: RelayTask, policy: SourcePolicy) -> PipelineSpec:
-    control = task.control
     return PipelineSpec(
-        url=control.stream_url,
-        media_type=control.media_type,
-        stream_mode=control.stream_mode,
-        video_width=control.video_width,
-        video_height=control.video_height,
-        frame_rate=control.frame_rate,
-        bitrate_kbps=control.bitrate_kbps,
+        **pipeline_fields(task.control),
         allow_private_sources=policy.allow_private,
         trusted_url_prefixes=policy.trusted_url_prefixes,
     )
@@ -118,6 +112,15 @@ class RelayRun:
         self._on_media_flowing = on_media_flowing
         self._log = {"task": str(task.key), "user": task.user_id}
         self._worker: MediaWorker | None = None
+
+    def apply_control(self, task: RelayTask) -> None:
+        """Take an Update (already persisted): ``task`` carries the new Control.
+
+        A run still waiting for its start time uses it when it starts. Switching a
+        running worker to it without leaving the room is for the run rework to fill in
+        here; until then the current worker keeps the old Control.
+        """
+        self.task = task
 
     def current_stats(self) -> RunStats:
         if self._worker is not None:
