@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import av
 from aiohttp import web
@@ -118,9 +119,8 @@ class WhipEndpoint:
                 forward_encoded(transceiver.receiver)
                 if kind is TrackKind.VIDEO:
                     transceiver.setCodecPreferences(h264_only())
-                    receiver = transceiver.receiver
-                    publication.tracks[kind].request_keyframe = lambda r=receiver: request_keyframe(
-                        r
+                    publication.tracks[kind].request_keyframe = partial(
+                        request_keyframe, transceiver.receiver
                     )
 
             @pc.on("track")
