@@ -7,8 +7,6 @@ the SDP answer, candidates included, and a session URL that ``DELETE`` ends.
 
 from __future__ import annotations
 
-import logging
-
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import OperationError
@@ -24,8 +22,6 @@ from relaystream.rtc.signaling import (
     require_sdp,
 )
 from relaystream.rtc.token import AppKeyLookup, Privilege
-
-logger = logging.getLogger(__name__)
 
 
 class WhepEndpoint:

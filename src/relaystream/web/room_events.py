@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Any
 
 from aiohttp import web
@@ -19,8 +18,6 @@ from aiohttp import web
 from relaystream.rtc.room import RoomEvent, RoomRegistry
 from relaystream.rtc.signaling import authorize
 from relaystream.rtc.token import AppKeyLookup, Privilege
-
-logger = logging.getLogger(__name__)
 
 # A comment line this often keeps proxies from closing an idle stream, and finds out
 # that a client has gone away.
