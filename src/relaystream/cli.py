@@ -10,6 +10,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -201,7 +202,12 @@ Relay the built-in test stream into room "{room}" (in another shell):
   {command} api GetRelayStream {shlex.quote(json.dumps(stop_body))}
   {command} api StopRelayStream {shlex.quote(json.dumps(stop_body))}
 
-Watch it with any WHEP player:
+Watch it in the room page (the token rides in the URL fragment, never to the server):
+  {settings.base_url}/rooms/{app.app_id}/{room}#token={quote(subscribe_token, safe="")}
+or with any WHEP player:
   WHEP URL      {settings.base_url}/whep/{app.app_id}/{room}/{relay_user}
   Bearer token  {subscribe_token}
+
+Run relays from the console (sign in with the keys above):
+  {settings.base_url}/console
 """

@@ -1,4 +1,4 @@
-"""Assembles one relaystream node: store, rooms, supervisor, API, WHEP, demo stream."""
+"""Assembles one relaystream node: store, rooms, supervisor, API, WHEP/WHIP, pages, demo."""
 
 from __future__ import annotations
 
@@ -21,13 +21,17 @@ from relaystream.netpolicy import AddressPolicy
 from relaystream.rtc.ice import use_ice_addresses
 from relaystream.rtc.publisher import EmbeddedRoomConnector
 from relaystream.rtc.room import RoomRegistry
+from relaystream.rtc.signaling import cors
 from relaystream.rtc.whep import WhepEndpoint
+from relaystream.rtc.whip import WhipEndpoint
 from relaystream.startup import open_task_store, prepare_data_dir
 from relaystream.tasks.limits import RunningSlots
 from relaystream.tasks.retention import RetentionJob
 from relaystream.tasks.runner import RunSettings, SourcePolicy
 from relaystream.tasks.service import TaskService
 from relaystream.tasks.supervisor import TaskSupervisor
+from relaystream.web.pages import WebPages
+from relaystream.web.room_events import RoomEventStreams
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +100,18 @@ async def build_app(settings: ServerSettings) -> web.Application:
     background: list[asyncio.Task[None]] = []
     tasks = TaskService(supervisor, config.app_key_for)
     whep = WhepEndpoint(rooms, config.app_key_for)
+
+    async def is_task_user(app_id: str, room_id: str, user_id: str) -> bool:
+        return any(
+            (task.key.app_id, task.key.room_id, task.user_id) == (app_id, room_id, user_id)
+            for task in await supervisor.active_tasks()
+        )
+
+    whip = WhipEndpoint(rooms, config.app_key_for, reserved_user=is_task_user)
+    room_events = RoomEventStreams(rooms, config.app_key_for)
+    pages = WebPages(
+        region=config.region, demo_stream_url=settings.demo_url_prefix + DEMO_CLIP_NAME
+    )
     ready = asyncio.Event()
 
     # Made on first start in the background: the service is ready at once, and the
@@ -113,11 +129,14 @@ async def build_app(settings: ServerSettings) -> web.Application:
     answer_parser_errors_with_envelopes(config.region)
     app = web.Application(
         client_max_size=1 << 20,
-        middlewares=[whep.cors],
+        middlewares=[cors],
         handler_args={"access_log_class": RedactingAccessLogger},
     )
     app.add_routes(OpenApiEndpoint(config, Actions(config, tasks, stream_urls)).routes())
     app.add_routes(whep.routes())
+    app.add_routes(whip.routes())
+    app.add_routes(room_events.routes())
+    app.add_routes(pages.routes())
     app.add_routes([web.get("/healthz", healthz)])
     app.add_routes([web.get(f"/demo/{DEMO_CLIP_NAME}", demo_clip)])
 
@@ -133,14 +152,19 @@ async def build_app(settings: ServerSettings) -> web.Application:
         gc.freeze()
         ready.set()
 
+    async def on_shutdown(_: web.Application) -> None:
+        room_events.close_all()
+
     async def on_cleanup(_: web.Application) -> None:
         for job in background:
             job.cancel()
         await asyncio.gather(demo_clip_made, *background, return_exceptions=True)
         await supervisor.shutdown()
+        await whip.close_all()
         await whep.close_all()
         await store.close()
 
     app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
