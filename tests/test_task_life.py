@@ -258,3 +258,40 @@ async def _position_after(rtc: RtcService, task_id: str, at_least_s: float) -> f
             return float(stats["SourcePositionSeconds"])
         await asyncio.sleep(0.25)
     raise AssertionError(f"{task_id} never got past {at_least_s} s")
+
+
+async def test_an_update_switches_the_source_while_the_viewer_stays(
+    relay_server: RelayServer, rtc: RtcService, life_media: tuple[str, Path]
+) -> None:
+    base_url, root = life_media
+    if not (root / "wide.mp4").exists():
+        make_test_clip(
+            root / "wide.mp4",
+            ClipSpec(width=640, height=360, frame_rate=FPS, keyframe_interval_s=1.0, duration_s=20),
+        )
+    await start(relay_server, rtc, "switched", f"{base_url}/long.mp4")
+    await wait_for_status(rtc, ROOM, "switched", 2)
+    viewer = viewer_of(relay_server, "switched")
+    await viewer.connect()
+    try:
+        await viewer.wait_for_media("video", 1.0)
+        update = {**task_key(ROOM, "switched"), "Control": {"StreamUrl": f"{base_url}/wide.mp4"}}
+        assert await call(rtc, "UpdateRelayStream", update) == "ok"
+
+        deadline = time.monotonic() + 20
+        frames = viewer.tracks["video"].frames
+        while not any(f.width == 640 for f in frames):
+            assert time.monotonic() < deadline, "the viewer never saw the new source"
+            await asyncio.sleep(0.1)
+        await frames_grow(viewer, "video", FPS, timeout_s=10)
+
+        sizes = [(f.width, f.height) for f in frames]
+        switch = sizes.index((640, 360))
+        assert set(sizes[:switch]) == {(320, 180)} and set(sizes[switch:]) == {(640, 360)}
+        assert all(b.media_time_s > a.media_time_s for a, b in itertools.pairwise(frames))
+        task = await get_task(rtc, ROOM, "switched")
+        assert (task["Status"], task["StreamUrl"]) == (2, f"{base_url}/wide.mp4")
+        assert task["Stats"]["ReconnectCount"] == 0  # a switch, not a recovery
+    finally:
+        await viewer.close()
+        await call(rtc, "StopRelayStream", task_key(ROOM, "switched"))
