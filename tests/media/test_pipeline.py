@@ -15,11 +15,12 @@ from pathlib import Path
 import av
 import pytest
 
+from relaystream.media.events import SourceOpened, SourceProgress, WorkerEvent
 from relaystream.media.pipeline import RealtimePacer, RelayPipeline
 from relaystream.media.source import SourceError
 from relaystream.media.spec import MediaType, PipelineSpec, StreamMode
 from relaystream.media.testsrc import ClipSpec, make_test_clip
-from relaystream.media.wire import EncodedPacket, MessageKind, WorkerEvent
+from relaystream.media.wire import EncodedPacket, MessageKind
 from tests.support.net import static_http_server
 
 NAL_IDR, NAL_SPS, NAL_PPS = 5, 7, 8
@@ -241,12 +242,15 @@ def test_audio_is_opus_at_48_khz_in_20_ms_frames(remuxed: Relayed) -> None:
 def test_the_opened_event_describes_the_input(remuxed: Relayed) -> None:
     opened = remuxed.events[0]
 
-    assert opened.type == "opened"
-    video, audio = opened.fields["input"]["video"], opened.fields["input"]["audio"]
-    assert (video["codec"], video["width"], video["height"]) == ("h264", *SOURCE_SIZE)
-    assert video["frame_rate"] == SOURCE_FPS
-    assert video["b_frames"] is False
-    assert (audio["codec"], audio["sample_rate"], audio["channels"]) == ("aac", 44_100, 2)
+    assert isinstance(opened, SourceOpened)
+    video, audio = opened.video, opened.audio
+    assert video is not None and audio is not None
+    assert (video.codec, video.width, video.height) == ("h264", *SOURCE_SIZE)
+    assert video.frame_rate == SOURCE_FPS
+    assert video.b_frames is False
+    assert (audio.codec, audio.sample_rate, audio.channels) == ("aac", 44_100, 2)
+    assert opened.live is False
+    assert opened.duration_s == pytest.approx(2.0, abs=0.1)
 
 
 def test_the_opened_event_says_when_the_video_has_b_frames(tmp_path: Path) -> None:
@@ -258,18 +262,20 @@ def test_the_opened_event_says_when_the_video_has_b_frames(tmp_path: Path) -> No
         )
         RelayPipeline(spec, lambda _: None, events.append).run()
 
-    assert events[0].fields["input"]["video"]["b_frames"] is True
+    opened = events[0]
+    assert isinstance(opened, SourceOpened) and opened.video is not None
+    assert opened.video.b_frames is True
 
 
 def test_the_last_event_counts_what_was_read(remuxed: Relayed) -> None:
     stats = remuxed.events[-1]
 
-    assert stats.type == "stats"
-    video = stats.fields["input"]["video"]
-    assert video["packets"] == 2 * SOURCE_FPS
-    assert video["max_keyframe_interval_s"] == pytest.approx(1.0)
-    assert not video["keyframe_interval_over_limit"]
-    assert stats.fields["input"]["audio"]["packets"] > 0
+    assert isinstance(stats, SourceProgress)
+    assert stats.video is not None and stats.audio is not None
+    assert stats.video.packets == 2 * SOURCE_FPS
+    assert stats.max_keyframe_interval_s == pytest.approx(1.0)
+    assert stats.audio.packets > 0
+    assert stats.position_s == pytest.approx(2.0, abs=0.1)
 
 
 def test_a_file_is_relayed_at_its_own_speed_not_as_fast_as_it_downloads(
@@ -285,7 +291,9 @@ def test_audio_only_sends_no_video(sources: str) -> None:
 
     assert relayed.video == []
     assert len(relayed.audio) >= 40
-    assert set(relayed.events[0].fields["input"]) == {"audio"}
+    opened = relayed.events[0]
+    assert isinstance(opened, SourceOpened)
+    assert opened.video is None and opened.audio is not None
 
 
 def test_video_only_sends_no_audio(sources: str) -> None:
@@ -295,7 +303,9 @@ def test_video_only_sends_no_audio(sources: str) -> None:
 
     assert relayed.audio == []
     assert len(relayed.video) == SOURCE_FPS
-    assert set(relayed.events[0].fields["input"]) == {"video"}
+    opened = relayed.events[0]
+    assert isinstance(opened, SourceOpened)
+    assert opened.audio is None and opened.video is not None
 
 
 def test_audio_only_relays_the_sound_of_a_source_remux_could_not_carry(sources: str) -> None:
@@ -378,7 +388,9 @@ def test_transcode_takes_hevc_in_and_sends_h264(sources: str) -> None:
         frame_rate=10,
     )
 
-    assert relayed.events[0].fields["input"]["video"]["codec"] == "hevc"
+    opened = relayed.events[0]
+    assert isinstance(opened, SourceOpened) and opened.video is not None
+    assert opened.video.codec == "hevc"
     frames = decode_video(relayed.video)
     assert len(frames) == pytest.approx(10, abs=1)
     assert {(f.width, f.height) for f in frames} == {(160, 120)}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from relaystream.media.events import WorkerEvent
 from relaystream.media.pipeline import RelayPipeline
 from relaystream.media.spec import MediaType, PipelineSpec, StreamMode
 from relaystream.media.testsrc import ClipSpec, make_test_clip
-from relaystream.media.wire import EncodedPacket, MessageKind, WorkerEvent
+from relaystream.media.wire import EncodedPacket, MessageKind
 from tests.support.net import static_http_server
 
 

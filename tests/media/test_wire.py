@@ -8,6 +8,14 @@ import struct
 
 import pytest
 
+from relaystream.media.events import (
+    AudioInput,
+    SourceEnded,
+    SourceFailed,
+    SourceOpened,
+    VideoInput,
+    WorkerEvent,
+)
 from relaystream.media.wire import (
     AUDIO_CLOCK,
     MAX_PAYLOAD_BYTES,
@@ -15,7 +23,6 @@ from relaystream.media.wire import (
     EncodedPacket,
     MessageKind,
     WireError,
-    WorkerEvent,
     read_message,
     write_event,
     write_packet,
@@ -46,8 +53,13 @@ async def test_packets_and_events_arrive_as_they_were_written() -> None:
     )
     delta = EncodedPacket(MessageKind.VIDEO, b"\x00\x00\x01\x41p", 6000)
     sound = EncodedPacket(MessageKind.AUDIO, b"\xfc" * 120, 960)
-    opened = WorkerEvent("opened", {"input": {"video": {"codec": "h264", "width": 640}}})
-    ended = WorkerEvent("ended")
+    opened = SourceOpened(
+        video=VideoInput(codec="h264", width=640, height=360, frame_rate=30.0),
+        audio=AudioInput(codec="aac", sample_rate=44_100, channels=2),
+        live=False,
+        duration_s=20.0,
+    )
+    ended = SourceEnded()
     out = io.BytesIO()
 
     write_event(out, opened)
@@ -83,7 +95,7 @@ async def test_any_64_bit_timestamp_survives(pts: int) -> None:
 
 async def test_an_empty_packet_and_an_event_with_unicode_survive() -> None:
     empty = EncodedPacket(MessageKind.AUDIO, b"", 0)
-    error = WorkerEvent("error", {"detail": "unreachable: «connexion refusée»"})
+    error = SourceFailed("unreachable: «connexion refusée»", retryable=True)
     out = io.BytesIO()
     write_packet(out, empty)
     write_event(out, error)
@@ -122,7 +134,7 @@ async def test_a_stream_cut_inside_a_header_is_an_error() -> None:
 async def test_a_stream_cut_inside_a_payload_is_an_error() -> None:
     out = io.BytesIO()
     write_packet(out, EncodedPacket(MessageKind.VIDEO, b"a whole frame", 0))
-    write_event(out, WorkerEvent("ended"))
+    write_event(out, SourceEnded())
     cut = out.getvalue()[: HEADER.size + 4]
 
     with pytest.raises(WireError, match="payload"):

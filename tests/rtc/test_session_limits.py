@@ -15,7 +15,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from relaystream.rtc.ice import IceAddresses, use_ice_addresses
 from relaystream.rtc.room import TrackKind
 from relaystream.rtc.session_caps import SessionCaps, SessionLimits
-from relaystream.rtc.whep import WhepSettings
+from relaystream.rtc.signaling import SignalingSettings
 from tests.support.sfu import embedded_sfu
 from tests.support.viewer import WhepRefused, WhepViewer
 
@@ -39,7 +39,7 @@ async def post_offer_and_walk_away(url: str, token: str) -> None:
 async def test_a_full_room_refuses_with_503_and_a_session_that_never_connects_is_closed(
     clips: dict[str, Path],
 ) -> None:
-    settings = WhepSettings(
+    settings = SignalingSettings(
         session_limits=SessionLimits(per_room=2, per_node=10), connect_timeout_s=2.0
     )
     async with embedded_sfu(clips["mp4"], settings) as sfu:

@@ -21,6 +21,17 @@ APP_KEY = "0123456789abcdef0123456789abcdef"
 OTHER_APP_ID = "aaaaaaaaaaaaaaaaaaaaaaaa"  # exists, but the test access key does not own it
 LIMITED_APP_ID = "cccccccccccccccccccccccc"  # owned by the test access key, 3 requests/s
 LIMITED_APP_QPS = 3
+SECOND_APP_ID = "second-app-id-0123456789"  # owned by the test access key, default limits
+SECOND_APP_KEY = "11111111111111111111111111111111"
+APP_KEYS = {
+    APP_ID: APP_KEY,
+    LIMITED_APP_ID: "00000000000000000000000000000000",
+    SECOND_APP_ID: SECOND_APP_KEY,
+}
+
+
+# (certificate file, key file, a client context that trusts the certificate)
+TlsSetup = tuple[Path, Path, ssl.SSLContext]
 
 
 @dataclass
@@ -29,7 +40,13 @@ class RelayServer:
     port: int
     data_dir: Path
     log_path: Path
-    tls: ssl.SSLContext | None = None  # a client context that trusts the server's certificate
+    config_path: Path
+    tls_setup: TlsSetup | None = None
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        """A client context that trusts the server's certificate, when it serves HTTPS."""
+        return self.tls_setup[2] if self.tls_setup else None
 
     @property
     def host(self) -> str:
@@ -42,10 +59,12 @@ class RelayServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def publish_token(self, room_id: str, user_id: str, **kwargs: int) -> str:
+    def publish_token(
+        self, room_id: str, user_id: str, *, app_id: str = APP_ID, **kwargs: int
+    ) -> str:
         return generate_token(
-            app_id=APP_ID,
-            app_key=APP_KEY,
+            app_id=app_id,
+            app_key=APP_KEYS[app_id],
             room_id=room_id,
             user_id=user_id,
             privileges=[Privilege.PUBLISH_STREAM],
@@ -64,6 +83,15 @@ class RelayServer:
     def stop(self) -> None:
         stop_process(self.process)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM killer would."""
+        self.process.kill()
+        self.process.wait()
+
+    def restart(self) -> RelayServer:
+        """A new server process on the same config, data dir and port."""
+        return serve(self.data_dir.parent, self.config_path, port=self.port, tls=self.tls_setup)
+
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL if it has not exited within 10 s."""
@@ -76,7 +104,12 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def write_config(path: Path, *, allow_private: bool = True, extra: str = "") -> Path:
+def write_config(
+    path: Path, *, allow_private: bool = True, tasks_toml: str = "", extra: str = ""
+) -> Path:
+    """The test config; ``tasks_toml`` is the body of its [tasks] section, ``extra`` TOML
+    placed right after ``[sources] allow_private`` (lines before any table header belong
+    to ``[sources]``)."""
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -84,7 +117,7 @@ region = "cn-north-1"
 [[access_keys]]
 id = "{ACCESS_KEY_ID}"
 secret = "{SECRET_ACCESS_KEY}"
-apps = ["{APP_ID}", "{LIMITED_APP_ID}"]
+apps = ["{APP_ID}", "{LIMITED_APP_ID}", "{SECOND_APP_ID}"]
 
 [[access_keys]]
 id = "AKLTother"
@@ -101,12 +134,19 @@ app_key = "fedcba9876543210fedcba9876543210"
 
 [[apps]]
 app_id = "{LIMITED_APP_ID}"
-app_key = "00000000000000000000000000000000"
+app_key = "{APP_KEYS[LIMITED_APP_ID]}"
 qps_limit = {LIMITED_APP_QPS}
+
+[[apps]]
+app_id = "{SECOND_APP_ID}"
+app_key = "{SECOND_APP_KEY}"
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
 {extra}
+
+[tasks]
+{tasks_toml}
 """
     )
     return path
@@ -116,18 +156,30 @@ def start_server(
     workdir: Path,
     *,
     allow_private: bool = True,
+    tasks_toml: str = "",
     extra_config: str = "",
-    tls: tuple[Path, Path, ssl.SSLContext] | None = None,
+    tls: TlsSetup | None = None,
 ) -> RelayServer:
-    """A server on a free port of 127.0.0.1; ``extra_config`` is appended to its TOML
-    (e.g. an ``[rtc]`` table); ``tls`` = (certificate, key, client context) serves HTTPS."""
+    """``extra_config``: TOML after ``[sources]`` (e.g. an ``[rtc]`` table); ``tls``:
+    (certificate, key, client context that trusts it) to serve HTTPS."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
-        workdir / "relaystream.toml", allow_private=allow_private, extra=extra_config
+        workdir / "relaystream.toml",
+        allow_private=allow_private,
+        tasks_toml=tasks_toml,
+        extra=extra_config,
     )
-    port = free_port()
+    return serve(workdir, config, tls=tls)
+
+
+def serve(
+    workdir: Path, config: Path, *, port: int | None = None, tls: TlsSetup | None = None
+) -> RelayServer:
+    """``relaystream serve`` with ``config``, its data and log in ``workdir``, on a free
+    port (or ``port``: a restart); returns once it answers /healthz."""
+    port = port or free_port()
     log_path = workdir / "server.log"
-    log = log_path.open("wb")
+    log = log_path.open("ab")
     tls_args = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
     process = subprocess.Popen(
         [
@@ -147,7 +199,7 @@ def start_server(
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    server = RelayServer(process, port, workdir / "data", log_path, tls[2] if tls else None)
+    server = RelayServer(process, port, workdir / "data", log_path, config, tls)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

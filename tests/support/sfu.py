@@ -17,8 +17,9 @@ from aiohttp import web
 from relaystream.media.pipeline import VideoRemuxer
 from relaystream.media.wire import VIDEO_CLOCK, EncodedPacket
 from relaystream.rtc.room import Publication, RoomRegistry, TrackKind
+from relaystream.rtc.signaling import SignalingSettings, cors
 from relaystream.rtc.token import Privilege, generate_token
-from relaystream.rtc.whep import WhepEndpoint, WhepSettings
+from relaystream.rtc.whep import WhepEndpoint
 from tests.support.net import free_port
 
 APP_ID = "5f8a1c2b3d4e5f6a7b8c9d0e"
@@ -78,12 +79,12 @@ async def feed_in_real_time(
 
 @contextlib.asynccontextmanager
 async def embedded_sfu(
-    clip: Path, settings: WhepSettings | None = None, room_id: str = "room"
+    clip: Path, settings: SignalingSettings | None = None, room_id: str = "room"
 ) -> AsyncIterator[EmbeddedSfu]:
     rooms = RoomRegistry()
     whep = WhepEndpoint(rooms, lambda app_id: APP_KEY if app_id == APP_ID else None, settings)
     publication = rooms.publish(APP_ID, room_id, "relay", frozenset({TrackKind.VIDEO}))
-    app = web.Application(middlewares=[whep.cors])
+    app = web.Application(middlewares=[cors])
     app.add_routes(whep.routes())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -22,13 +22,21 @@ from av.audio.resampler import AudioResampler
 from av.bitstream import BitStreamFilterContext
 from av.video.frame import PictureType
 
+from relaystream.media.events import (
+    AudioInput,
+    SourceOpened,
+    SourceProgress,
+    TrackCounters,
+    VideoInput,
+    VideoOutput,
+    WorkerEvent,
+)
 from relaystream.media.source import SourceError, describe_ffmpeg_error, open_source
 from relaystream.media.spec import MediaType, PipelineSpec, StreamMode
-from relaystream.media.wire import EncodedPacket, MessageKind, WorkerEvent
+from relaystream.media.wire import EncodedPacket, MessageKind
 
 OPUS_FRAME_SAMPLES = 960  # 20 ms at 48 kHz, what WebRTC endpoints expect
 OPUS_BITRATE_BPS = 64_000
-KEYFRAME_INTERVAL_WARN_S = 5.0
 STATS_INTERVAL_S = 2.0
 
 PacketSink = Callable[[EncodedPacket], None]
@@ -280,31 +288,38 @@ def select_tracks(container: av.container.InputContainer, media_type: MediaType)
     return tracks
 
 
-def describe_tracks(tracks: SelectedTracks) -> dict[str, Any]:
+def describe_tracks(tracks: SelectedTracks) -> tuple[VideoInput | None, AudioInput | None]:
     """Input codec, resolution, frame rate and bitrate of the selected tracks."""
-    info: dict[str, Any] = {}
+    video_input = audio_input = None
     if tracks.video is not None:
         video = tracks.video.codec_context
         rate = tracks.video.average_rate or tracks.video.guessed_rate
-        info["video"] = {
-            "codec": video.name,
-            "width": video.width,
-            "height": video.height,
-            "frame_rate": float(rate) if rate else None,
-            "bitrate_kbps": (video.bit_rate or 0) // 1000 or None,
+        video_input = VideoInput(
+            codec=video.name,
+            width=video.width,
+            height=video.height,
+            frame_rate=float(rate) if rate else None,
+            bitrate_kbps=(video.bit_rate or 0) // 1000 or None,
             # WebRTC receivers do not reorder frames: a remuxed stream with B-frames
             # plays jerkily or not at all, so say so where the user looks.
-            "b_frames": bool(video.has_b_frames),
-        }
+            b_frames=bool(video.has_b_frames),
+        )
     if tracks.audio is not None:
         audio = tracks.audio.codec_context
-        info["audio"] = {
-            "codec": audio.name,
-            "sample_rate": audio.sample_rate,
-            "channels": audio.layout.nb_channels,
-            "bitrate_kbps": (audio.bit_rate or 0) // 1000 or None,
-        }
-    return info
+        audio_input = AudioInput(
+            codec=audio.name,
+            sample_rate=audio.sample_rate,
+            channels=audio.layout.nb_channels,
+            bitrate_kbps=(audio.bit_rate or 0) // 1000 or None,
+        )
+    return video_input, audio_input
+
+
+def _is_live(container: av.container.InputContainer) -> tuple[bool, float | None]:
+    """(live, duration in s): a source with a known duration is VOD."""
+    if container.duration is None or container.duration <= 0:
+        return True, None
+    return False, container.duration / 1_000_000
 
 
 class RelayPipeline:
@@ -316,6 +331,7 @@ class RelayPipeline:
         self._emit_event = emit_event
         self._pacer = RealtimePacer()
         self._last_stats_at = time.monotonic()
+        self._position_s = 0.0
 
     def run(self) -> None:
         """Relay until the source ends; raises SourceError when it cannot be relayed."""
@@ -324,7 +340,17 @@ class RelayPipeline:
             tracks = select_tracks(container, self._spec.media_type)
             video = self._video_processor(tracks.video)
             audio = AudioToOpus(tracks.audio) if tracks.audio is not None else None
-            self._emit_event(WorkerEvent("opened", {"input": describe_tracks(tracks)}))
+            video_input, audio_input = describe_tracks(tracks)
+            live, duration_s = _is_live(container)
+            self._emit_event(
+                SourceOpened(
+                    video=video_input,
+                    audio=audio_input,
+                    video_output=self._video_output(video),
+                    live=live,
+                    duration_s=duration_s,
+                )
+            )
             origin_s: float | None = None
             try:
                 for packet in container.demux(tracks.streams):
@@ -337,6 +363,7 @@ class RelayPipeline:
                     if origin_s is None:
                         origin_s = packet_time_s
                     media_time_s = packet_time_s - origin_s
+                    self._position_s = media_time_s
                     tracks.stats[packet.stream.index].count(packet, media_time_s)
                     self._pacer.wait_for(media_time_s)
                     processor = video if packet.stream is tracks.video else audio
@@ -369,17 +396,29 @@ class RelayPipeline:
         if time.monotonic() - self._last_stats_at >= STATS_INTERVAL_S:
             self._emit_stats(tracks)
 
+    def _video_output(self, video: VideoRemuxer | VideoTranscoder | None) -> VideoOutput | None:
+        if video is None:
+            return None
+        if isinstance(video, VideoTranscoder):
+            return VideoOutput(transcoded=True, reason="StreamMode")
+        return VideoOutput(transcoded=False)
+
     def _emit_stats(self, tracks: SelectedTracks) -> None:
         self._last_stats_at = time.monotonic()
-        fields: dict[str, Any] = {}
+        counters: dict[str, TrackCounters] = {}
+        max_keyframe_interval_s = 0.0
         for name, stream in (("video", tracks.video), ("audio", tracks.audio)):
             if stream is None:
                 continue
             stats = tracks.stats[stream.index]
-            fields[name] = {"packets": stats.packets, "bytes": stats.bytes}
+            counters[name] = TrackCounters(packets=stats.packets, bytes=stats.bytes)
             if name == "video":
-                fields[name]["max_keyframe_interval_s"] = round(stats.max_keyframe_interval_s, 3)
-                fields[name]["keyframe_interval_over_limit"] = (
-                    stats.max_keyframe_interval_s > KEYFRAME_INTERVAL_WARN_S
-                )
-        self._emit_event(WorkerEvent("stats", {"input": fields}))
+                max_keyframe_interval_s = round(stats.max_keyframe_interval_s, 3)
+        self._emit_event(
+            SourceProgress(
+                position_s=round(self._position_s, 3),
+                video=counters.get("video"),
+                audio=counters.get("audio"),
+                max_keyframe_interval_s=max_keyframe_interval_s,
+            )
+        )

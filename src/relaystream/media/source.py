@@ -1,21 +1,41 @@
-"""Opening a source URL safely: scheme and address policy, FFmpeg options, error mapping."""
+"""Opening a source URL safely: scheme, address policy (netpolicy), FFmpeg options, and
+mapping errors to a user-facing SourceError detail."""
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from urllib.parse import SplitResult, urlsplit
 
 import av
 import av.container
 
+from relaystream.media.fetch import CheckedOpener, SourceFetchFailed, SourceRefused
 from relaystream.media.spec import PipelineSpec
+from relaystream.netpolicy import (
+    AddressPolicy,
+    AddressRefused,
+    CheckedHttpClient,
+    HostsTable,
+    HttpLimits,
+    SystemResolver,
+    Unresolvable,
+)
 
 ALLOWED_SCHEMES = frozenset({"rtmp", "rtmps", "http", "https", "srt", "rtsp"})
 
-# The FFmpeg protocols a source may use, also for what it references (HLS segments,
-# DASH fragments, redirects): never file, pipe, concat, subfile and the like.
-_PROTOCOL_WHITELIST = "http,https,tcp,tls,crypto,rtmp,rtmps,rtmpt,srt,udp,rtsp,rtp,hls"
+ALLOW_PRIVATE_SETTING = "sources.allow_private"
+
+# The FFmpeg protocols a source may use. HTTP sources get none: every byte they need
+# comes through our io_open, and a name that is no protocol keeps FFmpeg's own http,
+# file, data and the like from opening anything on the side.
+_NO_FFMPEG_PROTOCOLS = "none"
+_PROTOCOL_WHITELISTS = {
+    "rtmp": "rtmp,tcp",
+    "rtmps": "rtmps,tcp,tls",
+    "rtsp": "rtsp,tcp",
+    "srt": "srt",
+}
+# Reads through Python cost CPU per call: few, large reads.
+_IO_BUFFER_BYTES = 256 << 10
 
 
 class SourceError(Exception):
@@ -42,57 +62,121 @@ def check_scheme(url: str) -> str:
     return scheme
 
 
-def check_source_address(
-    url: str, *, allow_private: bool, trusted_prefixes: tuple[str, ...]
-) -> None:
-    """Refuse a URL whose host resolves to a loopback, private or link-local address.
-
-    Without this, anyone who can call the API could make the server fetch from its own
-    network (SSRF). The operator can allow it (``sources.allow_private``).
-    """
-    check_scheme(url)
-    if allow_private or any(url.startswith(prefix) for prefix in trusted_prefixes):
-        return
-    host = _split(url).hostname
-    if not host:
-        raise SourceError("the URL has no host")
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError as exc:
-        raise SourceError(f"unreachable: cannot resolve host {host!r}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise SourceError(
-                f"host {host!r} resolves to a non-public address, which is not allowed"
-            )
+def source_policy(spec: PipelineSpec) -> AddressPolicy:
+    """The address policy of one worker: resolves each host once and keeps the answer."""
+    resolver = HostsTable(dict(spec.hosts), SystemResolver()) if spec.hosts else None
+    return AddressPolicy(
+        allow_private=spec.allow_private_sources,
+        trusted_prefixes=spec.trusted_url_prefixes,
+        resolver=resolver,
+        setting_name=ALLOW_PRIVATE_SETTING,
+    )
 
 
 def open_source(spec: PipelineSpec) -> av.container.InputContainer:
-    """Open the source for demuxing, mapping FFmpeg errors to a SourceError detail."""
-    check_source_address(
-        spec.url,
-        allow_private=spec.allow_private_sources,
-        trusted_prefixes=spec.trusted_url_prefixes,
-    )
+    """Open the source for demuxing, mapping FFmpeg errors to a SourceError detail.
+
+    HTTP(S) sources (and all an HLS playlist refers to) are read through our checked
+    client (``CheckedOpener``); FFmpeg's protocol whitelist names no protocol, so nothing
+    can reach its own HTTP. Other protocols connect to the address the policy checked.
+    """
+    scheme = check_scheme(spec.url)
+    policy = source_policy(spec)
     timeout_us = str(int(spec.open_timeout_s * 1_000_000))
     options = {
-        "protocol_whitelist": _PROTOCOL_WHITELIST,
-        "rw_timeout": timeout_us,
         # Live sources must not be read far ahead just to guess stream parameters.
         "analyzeduration": "2000000",
         "probesize": "2000000",
     }
-    if check_scheme(spec.url) in {"http", "https"}:
-        options["reconnect"] = "1"
+    io_open: CheckedOpener | None = None
     try:
-        return av.open(spec.url, mode="r", options=options, timeout=spec.open_timeout_s)
+        if scheme in {"http", "https"}:
+            url = spec.url
+            limits = HttpLimits(
+                read_timeout_s=spec.open_timeout_s, connect_timeout_s=spec.open_timeout_s
+            )
+            io_open = CheckedOpener(CheckedHttpClient(policy, limits=limits))
+            options |= {
+                "protocol_whitelist": _NO_FFMPEG_PROTOCOLS,
+                # HLS would reuse a connection behind our back (and cannot with custom I/O).
+                "http_persistent": "0",
+            }
+        else:
+            url, pinned_options = pin_stream_url(spec.url, policy)
+            options |= pinned_options | {
+                "protocol_whitelist": _PROTOCOL_WHITELISTS[scheme],
+                "rw_timeout": timeout_us,
+            }
+    except (AddressRefused, Unresolvable) as exc:
+        raise SourceError(_policy_detail(exc)) from None
+    try:
+        if io_open is not None:
+            url = io_open.prefetch(url)
+        return av.open(
+            url,
+            mode="r",
+            options=options,
+            timeout=spec.open_timeout_s,
+            io_open=io_open,
+            buffer_size=_IO_BUFFER_BYTES,
+        )
     except Exception as exc:
         raise SourceError(describe_ffmpeg_error(exc)) from exc
 
 
+def _policy_detail(exc: AddressRefused | Unresolvable) -> str:
+    if isinstance(exc, AddressRefused):
+        return f"address not allowed: {exc.detail}"
+    return f"unreachable: {exc}"
+
+
+def pin_stream_url(url: str, policy: AddressPolicy) -> tuple[str, dict[str, str]]:
+    """The URL rewritten to the checked address, and the options that keep its name.
+
+    FFmpeg resolves a host itself when it connects; giving it the checked address
+    instead means a second DNS answer cannot send it elsewhere. RTMP keeps the original
+    host in ``tcUrl`` (what the server routes by), RTMPS in TLS SNI and verification.
+    """
+    destination = policy.destination(url)
+    parts = destination.parts
+    address = destination.addresses[0]
+    host = f"[{address}]" if address.version == 6 else str(address)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{host}:{destination.port}" if userinfo else f"{host}:{destination.port}"
+    pinned = parts._replace(netloc=netloc).geturl()
+    options: dict[str, str] = {}
+    if destination.scheme in {"rtmp", "rtmps"}:
+        name = f"[{destination.host}]" if ":" in destination.host else destination.host
+        app = rtmp_app(parts.path + (f"?{parts.query}" if parts.query else ""))
+        options["rtmp_tcurl"] = f"{destination.scheme}://{name}:{destination.port}/{app}"
+    if destination.scheme == "rtmps":
+        options["verifyhost"] = destination.host
+    if destination.scheme == "rtsp":
+        # Over UDP, FFmpeg would send to whatever address the server's reply names.
+        options["rtsp_transport"] = "tcp"
+    return pinned, options
+
+
+def rtmp_app(path: str) -> str:
+    """The RTMP application FFmpeg derives from a URL path (``/live/stream`` → ``live``),
+    so the ``tcUrl`` we send is the one FFmpeg would have sent with the host name."""
+    if path.startswith("/ondemand/"):
+        return "ondemand"
+    rest = path[1:] if path else path
+    first_slash = rest.find("/")
+    if first_slash < 0:
+        return rest
+    after = rest[first_slash + 1 :]
+    colon, second_slash = after.find(":"), after.find("/")
+    if second_slash < 0 or (0 <= colon < second_slash):
+        return rest[:first_slash]
+    return rest[: first_slash + 1 + second_slash]
+
+
 def describe_ffmpeg_error(exc: BaseException) -> str:
     """A short user-facing reason for a failure to open or read a source."""
+    if isinstance(exc, SourceRefused | SourceFetchFailed):
+        return exc.detail
     if isinstance(exc, av.error.HTTPNotFoundError):
         return "404 not found"
     if isinstance(exc, av.error.HTTPForbiddenError | av.error.HTTPUnauthorizedError):

@@ -3,7 +3,7 @@
 Each message is a fixed header ``kind u8, flags u8, pts i64, length u32`` (network
 order) followed by ``length`` bytes. Video pts count a 90 kHz clock and audio pts a
 48 kHz clock, the RTP clocks of H.264 and Opus, so the server forwards them unchanged.
-Events carry a JSON object with a ``"type"`` key.
+Events (events.py) carry a JSON object with a ``"type"`` key.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from fractions import Fraction
-from typing import IO, Any
+from typing import IO
+
+from relaystream.media.events import EventFormatError, WorkerEvent, event_from_json, event_to_json
 
 _HEADER = struct.Struct("!BBqI")
 _FLAG_KEYFRAME = 0x01
@@ -46,14 +48,6 @@ class EncodedPacket:
         return VIDEO_CLOCK if self.kind is MessageKind.VIDEO else AUDIO_CLOCK
 
 
-@dataclass(frozen=True)
-class WorkerEvent:
-    """Something the worker reports: ``opened``, ``stats``, ``ended`` or ``error``."""
-
-    type: str
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
 class WireError(Exception):
     """The worker's output is not a valid message stream."""
 
@@ -65,7 +59,7 @@ def write_packet(out: IO[bytes], packet: EncodedPacket) -> None:
 
 
 def write_event(out: IO[bytes], event: WorkerEvent) -> None:
-    payload = json.dumps({"type": event.type, **event.fields}).encode()
+    payload = json.dumps(event_to_json(event)).encode()
     out.write(_HEADER.pack(MessageKind.EVENT, 0, 0, len(payload)))
     out.write(payload)
     out.flush()
@@ -94,7 +88,10 @@ async def read_message(reader: asyncio.StreamReader) -> EncodedPacket | WorkerEv
             fields = json.loads(payload)
         except ValueError as exc:
             raise WireError("event payload is not JSON") from exc
-        if not isinstance(fields, dict) or not isinstance(fields.get("type"), str):
-            raise WireError("event payload is not a JSON object with a string 'type'")
-        return WorkerEvent(type=fields.pop("type"), fields=fields)
+        if not isinstance(fields, dict):
+            raise WireError("event payload is not a JSON object")
+        try:
+            return event_from_json(fields)
+        except EventFormatError as exc:
+            raise WireError(str(exc)) from exc
     return EncodedPacket(kind=kind, data=payload, pts=pts, keyframe=bool(flags & _FLAG_KEYFRAME))

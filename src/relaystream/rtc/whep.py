@@ -7,90 +7,23 @@ the SDP answer, candidates included, and a session URL that ``DELETE`` ends.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import secrets
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription, sdp
+from aiortc import RTCSessionDescription
 from aiortc.exceptions import OperationError
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from relaystream.rtc.ice import IceAddresses, use_ice_addresses
-from relaystream.rtc.ice_servers import IceServer, link_headers
 from relaystream.rtc.keyframe_requests import forward_keyframe_requests
-from relaystream.rtc.offer_bounds import OfferBounds, read_offer
-from relaystream.rtc.room import ForwardedTrack, Publication, RoomRegistry, TrackKind
-from relaystream.rtc.session_caps import SessionCaps, SessionLimits, SessionSlot
-from relaystream.rtc.token import (
-    AppKeyLookup,
-    Privilege,
-    TokenError,
-    parse_token,
-    verify_token,
+from relaystream.rtc.room import Publication, RoomRegistry, TrackKind
+from relaystream.rtc.session_caps import SessionCaps
+from relaystream.rtc.signaling import (
+    PeerSession,
+    PeerSessions,
+    SignalingSettings,
+    authorize,
+    h264_only,
+    offered_kinds,
+    read_sdp_offer,
 )
-
-logger = logging.getLogger(__name__)
-
-# A viewer that has not connected by then never will (ICE gives up well before).
-DEFAULT_CONNECT_TIMEOUT_S = 30.0
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-_CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type",
-    "Access-Control-Expose-Headers": "Location, Link",
-}
-
-
-def h264_only() -> list[RTCRtpCodecCapability]:
-    """Video codecs we can forward: H.264 packetization-mode 1 (plus its RTX)."""
-    return [
-        codec
-        for codec in RTCRtpSender.getCapabilities("video").codecs
-        if codec.mimeType == "video/rtx"
-        or (codec.mimeType == "video/H264" and codec.parameters.get("packetization-mode") == "1")
-    ]
-
-
-def _offered_kinds(offer: RTCSessionDescription) -> list[TrackKind]:
-    """The audio/video m-lines of an offer, in order; ValueError if it does not parse."""
-    try:
-        media = sdp.SessionDescription.parse(offer.sdp).media
-    except Exception as exc:
-        raise ValueError("the offer is not valid SDP") from exc
-    return [TrackKind(m.kind) for m in media if m.kind in {"audio", "video"}]
-
-
-@dataclass(frozen=True)
-class WhepSettings:
-    """What the operator sets in ``[rtc]`` for viewers' sessions."""
-
-    offer_bounds: OfferBounds = field(default_factory=OfferBounds)
-    session_limits: SessionLimits = field(default_factory=SessionLimits)
-    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
-    ice_addresses: IceAddresses = field(default_factory=IceAddresses)
-    ice_servers: tuple[IceServer, ...] = ()
-
-
-@dataclass(eq=False)
-class WhepSession:
-    """One viewer's peer connection to one publication, and everything that must be
-    released with it."""
-
-    session_id: str
-    pc: RTCPeerConnection
-    publication: Publication
-    slot: SessionSlot
-    tracks: list[ForwardedTrack] = field(default_factory=list)
-    # Set once the session is registered; each undoes one reference the session is
-    # held by (the publication's end listeners, the connect timer).
-    releases: list[Callable[[], object]] = field(default_factory=list)
+from relaystream.rtc.token import AppKeyLookup, Privilege
 
 
 class WhepEndpoint:
@@ -100,47 +33,19 @@ class WhepEndpoint:
         self,
         rooms: RoomRegistry,
         app_key_for: AppKeyLookup,
-        settings: WhepSettings | None = None,
+        settings: SignalingSettings | None = None,
+        caps: SessionCaps | None = None,
     ) -> None:
         self._rooms = rooms
         self._app_key_for = app_key_for
-        self._settings = settings or WhepSettings()
-        self._caps = SessionCaps(self._settings.session_limits)
-        self._links = link_headers(self._settings.ice_servers)
-        self._sessions: dict[str, WhepSession] = {}
-        self._closing: set[asyncio.Future[None]] = set()
+        self._sessions = PeerSessions("/whep/sessions/", settings, caps)
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/whep/{app_id}/{room_id}/{user_id}", self.subscribe),
-            web.delete("/whep/sessions/{session_id}", self.unsubscribe),
-            web.options("/whep/{tail:.*}", self.preflight),
+            self._sessions.route(),
+            web.options("/whep/{tail:.*}", self._sessions.preflight),
         ]
-
-    @web.middleware
-    async def cors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Let WHEP players served from any origin use these endpoints.
-
-        Safe with ``*``: the credential is a bearer token the page holds, never a cookie.
-        """
-        if not request.path.startswith("/whep/"):
-            return await handler(request)
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            exc.headers.update(_CORS_HEADERS)
-            raise
-        response.headers.update(_CORS_HEADERS)
-        return response
-
-    async def preflight(self, _: web.Request) -> web.Response:
-        response = web.Response(status=204)
-        self._add_links(response)
-        return response
-
-    def _add_links(self, response: web.StreamResponse) -> None:
-        for link in self._links:
-            response.headers.add("Link", link)
 
     @property
     def session_count(self) -> int:
@@ -150,133 +55,53 @@ class WhepEndpoint:
         app_id = request.match_info["app_id"]
         room_id = request.match_info["room_id"]
         user_id = request.match_info["user_id"]
-        self._authorize(request, app_id, room_id)
-        if request.content_type != "application/sdp":
-            raise web.HTTPUnsupportedMediaType(text="Content-Type must be application/sdp\n")
+        authorize(
+            request,
+            self._app_key_for,
+            app_id=app_id,
+            room_id=room_id,
+            privilege=Privilege.SUBSCRIBE_STREAM,
+        )
+        offer = await read_sdp_offer(request, self._sessions.settings.offer_bounds)
         publication = self._rooms.find_publication(app_id, room_id, user_id)
         if publication is None or publication.ended:
             raise web.HTTPNotFound(text=f"no publisher {user_id!r} in room {room_id!r}\n")
-        offer = RTCSessionDescription(
-            sdp=await read_offer(request, self._settings.offer_bounds), type="offer"
-        )
-        slot = self._caps.admit((app_id, room_id))
+        session = self._sessions.open((app_id, room_id))
         try:
-            session = await self._answer(offer, publication, slot)
-        except (ValueError, OperationError) as exc:
-            slot.release()
-            raise web.HTTPBadRequest(text=f"cannot answer this offer: {exc}\n") from exc
-        except BaseException:
-            slot.release()  # given back once, whoever else releases it too
+            await self._answer(session, offer, publication)
+        except BaseException as exc:
+            await self._sessions.discard(session)
+            if isinstance(exc, ValueError | OperationError):
+                raise web.HTTPBadRequest(text=f"cannot answer this offer: {exc}\n") from exc
             raise
-        assert session.pc.localDescription is not None
-        response = web.Response(
-            status=201,
-            content_type="application/sdp",
-            text=session.pc.localDescription.sdp,
-            headers={"Location": f"/whep/sessions/{session.session_id}"},
-        )
-        self._add_links(response)
-        return response
-
-    async def unsubscribe(self, request: web.Request) -> web.Response:
-        session = self._sessions.get(request.match_info["session_id"])
-        if session is None:
-            raise web.HTTPNotFound(text="no such session\n")
-        await self._close(session)
-        return web.Response(status=200)
+        self._sessions.add(session)
+        session.on_close(publication.on_end(lambda: self._sessions.close_soon(session)))
+        return self._sessions.answer(session)
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(self._close(s) for s in tuple(self._sessions.values())))
-
-    def _authorize(self, request: web.Request, app_id: str, room_id: str) -> None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise web.HTTPUnauthorized(
-                text="a Bearer token with SubscribeStream privilege is required\n",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        app_key = self._app_key_for(app_id)
-        if app_key is None:
-            raise web.HTTPNotFound(text=f"unknown AppId {app_id!r}\n")
-        try:
-            viewer = parse_token(token)[0].user_id
-            verify_token(
-                token,
-                app_id=app_id,
-                app_key=app_key,
-                room_id=room_id,
-                user_id=viewer,
-                privilege=Privilege.SUBSCRIBE_STREAM,
-            )
-        except TokenError as exc:
-            raise web.HTTPForbidden(text=f"token refused: {exc}\n") from exc
+        await self._sessions.close_all()
 
     async def _answer(
-        self, offer: RTCSessionDescription, publication: Publication, slot: SessionSlot
-    ) -> WhepSession:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        session = WhepSession(secrets.token_urlsafe(16), pc, publication, slot)
-        try:
-            # Transceivers (with H.264 as the only video codec) must exist before the
-            # offer is applied: that is when aiortc settles the codecs of the answer.
-            # One subscription per kind: further m-lines of a kind are answered inactive.
-            offered = dict.fromkeys(_offered_kinds(offer))
-            wanted = [kind for kind in offered if kind in publication.tracks]
-            if not wanted:
-                published = ", ".join(sorted(publication.tracks)) or "nothing"
-                raise ValueError(f"it asks for no track this publisher has ({published})")
-            for kind in wanted:
-                track = publication.tracks[kind].subscribe()
-                session.tracks.append(track)
-                transceiver = pc.addTransceiver(track, direction="sendonly")
-                if kind is TrackKind.VIDEO:
-                    transceiver.setCodecPreferences(h264_only())
-                    forward_keyframe_requests(transceiver.sender, publication.request_keyframe)
-            use_ice_addresses(pc, self._settings.ice_addresses)
-            await pc.setRemoteDescription(offer)
-            await pc.setLocalDescription(await pc.createAnswer())
-        except BaseException:
-            await self._release(session)
-            raise
-        self._sessions[session.session_id] = session
-        session.releases.append(publication.on_end(lambda: self._close_soon(session)))
-        timer = asyncio.get_running_loop().call_later(
-            self._settings.connect_timeout_s, self._close_if_unconnected, session
-        )
-        session.releases.append(timer.cancel)
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState in {"failed", "closed"}:
-                await self._close(session)
-
-        return session
-
-    def _close_if_unconnected(self, session: WhepSession) -> None:
-        if session.pc.connectionState != "connected":
-            logger.info("WHEP session %s never connected; closing it", session.session_id)
-            self._close_soon(session)
-
-    def _close_soon(self, session: WhepSession) -> None:
-        closing = asyncio.ensure_future(self._close(session))
-        self._closing.add(closing)  # keep a reference until it is done
-        closing.add_done_callback(self._closing.discard)
-
-    async def _close(self, session: WhepSession) -> None:
-        if self._sessions.pop(session.session_id, None) is None:
-            return
-        await self._release(session)
-
-    async def _release(self, session: WhepSession) -> None:
-        """Free everything the session holds, whether it ever connected or not."""
-        for release in session.releases:
-            release()
-        session.releases.clear()
-        session.slot.release()
-        with contextlib.suppress(Exception):
-            await session.pc.close()
-        # A sender that never started (the viewer never connected) does not stop its
-        # track, and a stopped one may still be in its publication's fan-out.
-        for track in session.tracks:
-            track.stop()
-        session.tracks.clear()
+        self, session: PeerSession, offer: RTCSessionDescription, publication: Publication
+    ) -> None:
+        pc = session.pc
+        # Transceivers (with H.264 as the only video codec) must exist before the
+        # offer is applied: that is when aiortc settles the codecs of the answer.
+        # One subscription per kind: further m-lines of a kind are answered inactive.
+        offered = dict.fromkeys(offered_kinds(offer))
+        wanted = [kind for kind in offered if kind in publication.tracks]
+        if not wanted:
+            published = ", ".join(sorted(publication.tracks)) or "nothing"
+            raise ValueError(f"it asks for no track this publisher has ({published})")
+        for kind in wanted:
+            track = publication.tracks[kind].subscribe()
+            # A sender that never started (the viewer never connected) does not stop
+            # its track: stopped here, it leaves the publication's fan-out either way.
+            session.on_close(track.stop)
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            if kind is TrackKind.VIDEO:
+                transceiver.setCodecPreferences(h264_only())
+                forward_keyframe_requests(transceiver.sender, publication.request_keyframe)
+        self._sessions.use_ice_settings(session)
+        await pc.setRemoteDescription(offer)
+        await pc.setLocalDescription(await pc.createAnswer())
