@@ -130,7 +130,8 @@ function addPublisher({ userId, tracks }, token) {
 }
 
 async function watch(publisher, token) {
-  const pc = new RTCPeerConnection();
+  const url = `/whep/${[appId, roomId, publisher.userId].map(encodeURIComponent).join("/")}`;
+  const pc = new RTCPeerConnection({ iceServers: await iceServers(url) });
   publisher.pc = pc;
   const stream = new MediaStream();
   publisher.video.srcObject = stream;
@@ -141,7 +142,6 @@ async function watch(publisher, token) {
   };
   await pc.setLocalDescription(await pc.createOffer());
   await iceGathered(pc);
-  const url = `/whep/${[appId, roomId, publisher.userId].map(encodeURIComponent).join("/")}`;
   const response = await fetch(url, {
     method: "POST",
     headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${token}` },
@@ -156,6 +156,32 @@ async function watch(publisher, token) {
     return;
   }
   await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+}
+
+// The STUN/TURN servers the operator configured, from the WHEP endpoint's Link headers
+// (RFC 9725): needed before the offer, since its candidates are gathered up front.
+async function iceServers(url) {
+  let header = null;
+  try {
+    header = (await fetch(url, { method: "OPTIONS" })).headers.get("Link");
+  } catch {
+    return [];
+  }
+  const servers = [];
+  for (const [, target, params] of (header || "").matchAll(/<([^>]*)>([^<]*)/g)) {
+    const values = Object.fromEntries(
+      [...params.matchAll(/;\s*([\w-]+)="((?:[^"\\]|\\.)*)"/g)].map(([, key, value]) => [
+        key,
+        value.replace(/\\(.)/g, "$1"),
+      ]),
+    );
+    if (values.rel !== "ice-server") continue;
+    const server = { urls: target };
+    if (values.username !== undefined) server.username = values.username;
+    if (values.credential !== undefined) server.credential = values.credential;
+    servers.push(server);
+  }
+  return servers;
 }
 
 // The server takes no trickled candidates: the offer carries them all.
