@@ -38,6 +38,8 @@ class AppConfig(_Strict):
     callback_url: str | None = None
     callback_secret: Annotated[str | None, Field(repr=False)] = None
     qps_limit: Annotated[int, Field(gt=0)] = 150
+    # Running tasks of this AppId on one node; [tasks] max_running_per_app when unset.
+    max_running_tasks: Annotated[int | None, Field(gt=0)] = None
 
 
 class SourcesConfig(_Strict):
@@ -46,6 +48,12 @@ class SourcesConfig(_Strict):
 
 class TasksConfig(_Strict):
     lifetime_s: Annotated[int, Field(gt=0)] = 72 * 3600
+    # Ended tasks are kept this long (List and Get still show them), then purged.
+    retention_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600
+    purge_interval_s: Annotated[float, Field(gt=0)] = 3600
+    # Tasks holding a media worker (scheduled ones do not count), on one node.
+    max_running_per_node: Annotated[int, Field(gt=0)] = 64
+    max_running_per_app: Annotated[int, Field(gt=0)] = 64
 
 
 class RtcConfig(_Strict):
@@ -92,6 +100,12 @@ class Config(_Strict):
     def app_key_for(self, app_id: str) -> str | None:
         app = self.app(app_id)
         return app.app_key if app else None
+
+    def max_running_for(self, app_id: str) -> int:
+        app = self.app(app_id)
+        if app is not None and app.max_running_tasks is not None:
+            return app.max_running_tasks
+        return self.tasks.max_running_per_app
 
 
 def parse_config(data: dict[str, Any], origin: str) -> Config:

@@ -18,6 +18,8 @@ from relaystream.rtc.publisher import EmbeddedRoomConnector
 from relaystream.rtc.room import RoomRegistry
 from relaystream.rtc.whep import WhepEndpoint
 from relaystream.store.sqlite import SqliteTaskStore
+from relaystream.tasks.limits import RunningSlots
+from relaystream.tasks.retention import RetentionJob
 from relaystream.tasks.runner import RunSettings, SourcePolicy
 from relaystream.tasks.service import TaskService
 from relaystream.tasks.supervisor import TaskSupervisor
@@ -65,12 +67,20 @@ async def build_app(settings: ServerSettings) -> web.Application:
         allow_private=config.sources.allow_private,
         trusted_url_prefixes=(settings.demo_url_prefix,),
     )
+    slots = RunningSlots(per_node=config.tasks.max_running_per_node, per_app=config.max_running_for)
     supervisor = TaskSupervisor(
         store,
         EmbeddedRoomConnector(rooms, config.app_key_for),
         policy,
         RunSettings(lifetime_s=config.tasks.lifetime_s),
+        slots,
     )
+    retention = RetentionJob(
+        store,
+        retention_s=config.tasks.retention_s,
+        interval_s=config.tasks.purge_interval_s,
+    )
+    background: list[asyncio.Task[None]] = []
     tasks = TaskService(supervisor, config.app_key_for)
     whep = WhepEndpoint(rooms, config.app_key_for)
     ready = asyncio.Event()
@@ -97,10 +107,13 @@ async def build_app(settings: ServerSettings) -> web.Application:
         resumed = await supervisor.resume()
         if resumed:
             logger.info("resumed %d active task(s)", resumed)
+        background.append(asyncio.create_task(retention.run_forever(), name="retention"))
         ready.set()
 
     async def on_cleanup(_: web.Application) -> None:
-        await asyncio.gather(demo_clip_made, return_exceptions=True)
+        for job in background:
+            job.cancel()
+        await asyncio.gather(demo_clip_made, *background, return_exceptions=True)
         await supervisor.shutdown()
         await whep.close_all()
         await store.close()

@@ -20,6 +20,13 @@ APP_KEY = "0123456789abcdef0123456789abcdef"
 OTHER_APP_ID = "aaaaaaaaaaaaaaaaaaaaaaaa"  # exists, but the test access key does not own it
 LIMITED_APP_ID = "cccccccccccccccccccccccc"  # owned by the test access key, 3 requests/s
 LIMITED_APP_QPS = 3
+SECOND_APP_ID = "bbbbbbbbbbbbbbbbbbbbbbbb"  # owned by the test access key, default limits
+SECOND_APP_KEY = "11111111111111111111111111111111"
+APP_KEYS = {
+    APP_ID: APP_KEY,
+    LIMITED_APP_ID: "00000000000000000000000000000000",
+    SECOND_APP_ID: SECOND_APP_KEY,
+}
 
 
 @dataclass
@@ -41,10 +48,12 @@ class RelayServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def publish_token(self, room_id: str, user_id: str, **kwargs: int) -> str:
+    def publish_token(
+        self, room_id: str, user_id: str, *, app_id: str = APP_ID, **kwargs: int
+    ) -> str:
         return generate_token(
-            app_id=APP_ID,
-            app_key=APP_KEY,
+            app_id=app_id,
+            app_key=APP_KEYS[app_id],
             room_id=room_id,
             user_id=user_id,
             privileges=[Privilege.PUBLISH_STREAM],
@@ -84,7 +93,11 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def write_config(path: Path, *, allow_private: bool = True, extra: str = "") -> Path:
+def write_config(
+    path: Path, *, allow_private: bool = True, extra: str = "", tasks_toml: str = ""
+) -> Path:
+    """The test config; ``tasks_toml`` is the body of its [tasks] section, ``extra``
+    more TOML at the end."""
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -92,7 +105,7 @@ region = "cn-north-1"
 [[access_keys]]
 id = "{ACCESS_KEY_ID}"
 secret = "{SECRET_ACCESS_KEY}"
-apps = ["{APP_ID}", "{LIMITED_APP_ID}"]
+apps = ["{APP_ID}", "{LIMITED_APP_ID}", "{SECOND_APP_ID}"]
 
 [[access_keys]]
 id = "AKLTother"
@@ -109,11 +122,18 @@ app_key = "fedcba9876543210fedcba9876543210"
 
 [[apps]]
 app_id = "{LIMITED_APP_ID}"
-app_key = "00000000000000000000000000000000"
+app_key = "{APP_KEYS[LIMITED_APP_ID]}"
 qps_limit = {LIMITED_APP_QPS}
+
+[[apps]]
+app_id = "{SECOND_APP_ID}"
+app_key = "{SECOND_APP_KEY}"
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
+
+[tasks]
+{tasks_toml}
 {extra}
 """
     )
@@ -121,12 +141,20 @@ allow_private = {"true" if allow_private else "false"}
 
 
 def start_server(
-    workdir: Path, *, allow_private: bool = True, extra_config: str = "", port: int | None = None
+    workdir: Path,
+    *,
+    allow_private: bool = True,
+    extra_config: str = "",
+    tasks_toml: str = "",
+    port: int | None = None,
 ) -> RelayServer:
     """A server on a free port (or ``port``: a restart on the same data dir and port)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
-        workdir / "relaystream.toml", allow_private=allow_private, extra=extra_config
+        workdir / "relaystream.toml",
+        allow_private=allow_private,
+        extra=extra_config,
+        tasks_toml=tasks_toml,
     )
     port = port or free_port()
     log_path = workdir / "server.log"

@@ -6,21 +6,28 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from relaystream.api.control import control_from_wire, control_to_wire, merged_control
 from relaystream.api.errors import (
     INVALID_NOT_EXIST_APP_ID,
     NO_PERMISSION_FOR_APP,
     QPS_OVER_LIMIT,
+    TASK_NUMBER_OVER_LIMIT,
     ApiError,
     invalid_parameter,
-    missing_parameter,
     task_not_found,
 )
-from relaystream.api.models import StartRelayStreamRequest, TaskKeyRequest, parse
+from relaystream.api.models import (
+    ListRelayStreamRequest,
+    StartRelayStreamRequest,
+    TaskKeyRequest,
+    UpdateRelayStreamRequest,
+    parse,
+)
 from relaystream.api.ratelimit import RateLimiter
 from relaystream.config import Config
-from relaystream.media.source import SourceError, check_scheme
-from relaystream.media.spec import MediaType, StreamMode
-from relaystream.tasks.model import RelayControl, RelayTask, TaskKey
+from relaystream.tasks.control import RelayControl
+from relaystream.tasks.limits import TaskLimitReached
+from relaystream.tasks.model import RelayTask, TaskKey
 from relaystream.tasks.runner import RunStats
 from relaystream.tasks.service import StartResult, TaskRequestError, TaskService, TaskView
 
@@ -51,7 +58,9 @@ class Actions:
         return {
             "StartRelayStream": self.start_relay_stream,
             "StopRelayStream": self.stop_relay_stream,
+            "UpdateRelayStream": self.update_relay_stream,
             "GetRelayStream": self.get_relay_stream,
+            "ListRelayStream": self.list_relay_stream,
         }
 
     read_only_actions = frozenset({"GetRelayStream", "ListRelayStream"})
@@ -79,7 +88,21 @@ class Actions:
             result = await self._tasks.start(task)
         except TaskRequestError as exc:
             raise invalid_parameter(exc.field, exc.reason) from None
+        except TaskLimitReached as exc:
+            raise ApiError(TASK_NUMBER_OVER_LIMIT, f"Cannot start the task: {exc}.") from None
         return ALREADY_STARTED if result is StartResult.ALREADY_ACTIVE else "ok"
+
+    async def update_relay_stream(self, caller: Caller, body: dict[str, Any]) -> str:
+        request = parse(UpdateRelayStreamRequest, body)
+        self._authorize_app(caller, request.AppId)
+        key = TaskKey(request.AppId, request.RoomId, request.TaskId)
+
+        def change(stored: RelayControl) -> RelayControl:
+            return merged_control(stored, request.Control)
+
+        if await self._tasks.update(key, change) is None:
+            raise task_not_found(key.app_id, key.room_id, key.task_id)
+        return "ok"
 
     async def stop_relay_stream(self, caller: Caller, body: dict[str, Any]) -> str:
         request = parse(TaskKeyRequest, body)
@@ -98,42 +121,36 @@ class Actions:
             raise task_not_found(key.app_id, key.room_id, key.task_id)
         return {"Task": task_to_wire(view)}
 
+    async def list_relay_stream(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        request = parse(ListRelayStreamRequest, body)
+        self._authorize_app(caller, request.AppId)
+        found = await self._tasks.list(
+            request.AppId,
+            request.RoomId or None,
+            offset=request.Offset,
+            limit=request.Limit,
+            newest_first=request.Order == 0,
+        )
+        return {
+            "Total": found.total,
+            "Tasks": [task_to_wire(TaskView(task, stats=None)) for task in found.tasks],
+        }
+
 
 def _task_from_request(request: StartRelayStreamRequest) -> RelayTask:
-    control = request.Control
-    try:
-        check_scheme(control.StreamUrl)
-    except SourceError as exc:
-        raise invalid_parameter("Control.StreamUrl", exc.detail) from None
-    media_type, stream_mode = MediaType(control.MediaType), StreamMode(control.StreamMode)
-    transcodes_video = stream_mode is StreamMode.TRANSCODE and media_type.wants_video
-    if transcodes_video:
-        for name in ("VideoWidth", "VideoHeight"):
-            if getattr(control, name) is None:
-                raise missing_parameter(f"Control.{name} (required when StreamMode is 0)")
     return RelayTask(
         key=TaskKey(request.AppId, request.RoomId, request.TaskId),
         user_id=request.UserId,
         token=request.Token,
         business_id=request.BusinessId,
         max_idle_s=request.MaxIdleTime,
-        control=RelayControl(
-            stream_url=control.StreamUrl,
-            media_type=media_type,
-            stream_mode=stream_mode,
-            start_timestamp_s=control.StartTimeStamp,
-            loop=control.Loop,
-            video_width=control.VideoWidth,
-            video_height=control.VideoHeight,
-            frame_rate=control.FrameRate,
-            bitrate_kbps=control.Bitrate,
-        ),
+        control=control_from_wire(request.Control),
     )
 
 
 def task_to_wire(view: TaskView) -> dict[str, Any]:
-    """A task as List/Get show it (never its Token)."""
-    task, control = view.task, view.task.control
+    """A task as List/Get show it (never its Token); Get adds live ``Stats``."""
+    task = view.task
     wire: dict[str, Any] = {
         "AppId": task.key.app_id,
         "BusinessId": task.business_id,
@@ -147,15 +164,7 @@ def task_to_wire(view: TaskView) -> dict[str, Any]:
         "StartTime": task.start_time_ms,
         "EndTime": task.end_time_ms,
         "MaxIdleTime": task.max_idle_s,
-        "StreamUrl": control.stream_url,
-        "StreamMode": int(control.stream_mode),
-        "MediaType": int(control.media_type),
-        "StartTimeStamp": control.start_timestamp_s,
-        "Loop": control.loop,
-        "VideoWidth": control.video_width or 0,
-        "VideoHeight": control.video_height or 0,
-        "FrameRate": control.frame_rate,
-        "Bitrate": control.bitrate_kbps or 0,
+        **control_to_wire(task.control),
     }
     if view.stats is not None:
         wire["Stats"] = stats_to_wire(view.stats)

@@ -28,6 +28,7 @@ from relaystream.api.errors import (
     INVALID_UNMARSHAL,
     ApiError,
 )
+from relaystream.api.models import QueryParams
 from relaystream.api.signature import HttpRequestParts, verify_request
 from relaystream.config import Config
 
@@ -95,9 +96,9 @@ class OpenApiEndpoint:
                 raise ApiError(
                     INVALID_ACTION_OR_VERSION, f"Action {ctx.action} must be called with POST."
                 )
-            params: dict[str, Any] = {
-                k: v for k, v in request.query.items() if k not in {"Action", "Version"}
-            }
+            params: dict[str, Any] = QueryParams(
+                (k, v) for k, v in request.query.items() if k not in {"Action", "Version"}
+            )
         else:
             params = _parse_json_body(body)
         return await handler(Caller(caller.access_key_id), params)

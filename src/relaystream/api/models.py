@@ -7,7 +7,9 @@ field (``MissingParameter`` / ``InvalidParameter``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+import re
+import types
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -64,23 +66,73 @@ class TaskKeyRequest(_Body):
     TaskId: Id
 
 
+class UpdateRelayStreamRequest(_Body):
+    AppId: Id
+    RoomId: Id
+    TaskId: Id
+    # Checked once merged with the stored Control, as a Start's Control is; fields
+    # that an Update may not change are ignored.
+    Control: dict[str, Any]
+
+
+class ListRelayStreamRequest(_Body):
+    AppId: Id
+    RoomId: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_@\-\.]{0,128}$")] = ""  # "" = every room
+    Offset: Annotated[int, Field(ge=0, le=9999)] = 0
+    Limit: Annotated[int, Field(ge=1, le=100)] = 10
+    Order: Literal[0, 1] = 0  # 0 newest first, 1 oldest first
+
+
+class QueryParams(dict[str, str]):
+    """Parameters of a GET, all strings: numbers arrive as decimal text."""
+
+
 _SECRET_FIELDS = frozenset({"Token"})
 
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def parse(model: type[Body], data: Any) -> Body:
+def parse(model: type[Body], data: Any, *, location: str = "") -> Body:
+    """``data`` validated as ``model``; errors name fields under ``location`` (e.g. a
+    Control checked on its own still reports ``Control.VideoWidth``)."""
     if not isinstance(data, dict):
-        raise invalid_parameter("body", "must be a JSON object")
+        raise invalid_parameter(location or "body", "must be a JSON object")
+    if isinstance(data, QueryParams):
+        data = _numbers_from_text(model, data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _to_api_error(exc) from None
+        raise _to_api_error(exc, location) from None
 
 
-def _to_api_error(exc: ValidationError) -> ApiError:
+# Decimal text that is converted to a number; anything else is left as text, so that
+# validation refuses it naming the field. The bound keeps int() cheap.
+_DECIMAL = re.compile(r"[+-]?[0-9]{1,20}")
+
+
+def _numbers_from_text(model: type[BaseModel], params: QueryParams) -> dict[str, Any]:
+    converted: dict[str, Any] = dict(params)
+    for name, info in model.model_fields.items():
+        value = params.get(name)
+        if value is not None and _takes_int(info.annotation) and _DECIMAL.fullmatch(value):
+            converted[name] = int(value)
+    return converted
+
+
+def _takes_int(annotation: Any) -> bool:
+    if annotation is int:
+        return True
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in get_args(annotation))
+    if origin in (Union, types.UnionType, Annotated):
+        return any(_takes_int(arg) for arg in get_args(annotation))
+    return False
+
+
+def _to_api_error(exc: ValidationError, location: str) -> ApiError:
     error = exc.errors(include_url=False)[0]
-    field = ".".join(str(part) for part in error["loc"]) or "body"
+    field = ".".join(str(part) for part in (location, *error["loc"]) if part) or "body"
     if error["type"] == "missing":
         return missing_parameter(field)
     if field in _SECRET_FIELDS:

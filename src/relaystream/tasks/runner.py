@@ -35,6 +35,7 @@ from relaystream.media.spec import PipelineSpec
 from relaystream.media.wire import EncodedPacket, MessageKind
 from relaystream.rtc.publisher import JoinRefused, RoomConnector, RoomPublisher
 from relaystream.rtc.room import TrackKind
+from relaystream.tasks.control import pipeline_fields
 from relaystream.tasks.model import RelayTask, StopReason
 from relaystream.tasks.timeline import RoomTimeline
 
@@ -117,18 +118,11 @@ class RunOutcome:
 def pipeline_spec(
     task: RelayTask, policy: SourcePolicy, start_position_s: float = 0.0
 ) -> PipelineSpec:
-    control = task.control
     return PipelineSpec(
-        url=control.stream_url,
-        media_type=control.media_type,
-        stream_mode=control.stream_mode,
-        video_width=control.video_width,
-        video_height=control.video_height,
-        frame_rate=control.frame_rate,
-        bitrate_kbps=control.bitrate_kbps,
+        **pipeline_fields(task.control),
         allow_private_sources=policy.allow_private,
         trusted_url_prefixes=policy.trusted_url_prefixes,
-        loop=control.loop,
+        loop=task.control.loop,
         start_position_s=start_position_s,
     )
 
