@@ -12,7 +12,9 @@ from aiohttp import web
 from relaystream.api.actions import Actions
 from relaystream.api.app import OpenApiEndpoint
 from relaystream.config import Config
+from relaystream.logs import log_event
 from relaystream.media.testsrc import ClipSpec, make_test_clip
+from relaystream.metrics import MetricsEndpoint, TaskSample
 from relaystream.rtc.ice import use_ice_addresses
 from relaystream.rtc.publisher import EmbeddedRoomConnector
 from relaystream.rtc.room import RoomRegistry
@@ -81,7 +83,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
         interval_s=config.tasks.purge_interval_s,
     )
     background: list[asyncio.Task[None]] = []
-    tasks = TaskService(supervisor, config.app_key_for)
+    tasks = TaskService(supervisor, config.app_key_for, rooms.viewer_count)
     whep = WhepEndpoint(rooms, config.app_key_for)
     ready = asyncio.Event()
 
@@ -97,27 +99,66 @@ async def build_app(settings: ServerSettings) -> web.Application:
             return web.json_response({"status": "starting"}, status=503)
         return web.json_response({"status": "ok"})
 
-    app = web.Application(client_max_size=1 << 20, middlewares=[whep.cors])
-    app.add_routes(OpenApiEndpoint(config, Actions(config, tasks)).routes())
+    actions = Actions(config, tasks)
+    metrics = MetricsEndpoint(
+        lambda: task_samples(supervisor, rooms),
+        token=config.metrics.token,
+        api_actions=actions.table(),
+    )
+    app = web.Application(client_max_size=1 << 20, middlewares=[metrics.time_api, whep.cors])
+    app.add_routes(OpenApiEndpoint(config, actions).routes())
+    app.add_routes(metrics.routes())
     app.add_routes(whep.routes())
     app.add_routes([web.get("/healthz", healthz)])
     app.add_routes([web.get(f"/demo/{DEMO_CLIP_NAME}", demo_clip)])
 
     async def on_startup(_: web.Application) -> None:
-        resumed = await supervisor.resume()
-        if resumed:
-            logger.info("resumed %d active task(s)", resumed)
+        await supervisor.resume()
         background.append(asyncio.create_task(retention.run_forever(), name="retention"))
         ready.set()
 
     async def on_cleanup(_: web.Application) -> None:
+        active = len(supervisor.runs())
+        log_event(logger, "shutting down", active_tasks=active, resume="on the next start")
         for job in background:
             job.cancel()
         await asyncio.gather(demo_clip_made, *background, return_exceptions=True)
         await supervisor.shutdown()
         await whep.close_all()
         await store.close()
+        log_event(logger, "stopped")
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+def task_samples(supervisor: TaskSupervisor, rooms: RoomRegistry) -> list[TaskSample]:
+    """What /metrics shows of each active task, read from its run and its room."""
+    samples = []
+    for run in supervisor.runs():
+        key, stats = run.task.key, run.current_stats()
+        progress = stats.progress
+        frames_in: dict[str, int] = {}
+        bytes_in: dict[str, int] = {}
+        if progress is not None:
+            for track, counters in (("video", progress.video), ("audio", progress.audio)):
+                if counters is not None:
+                    frames_in[track] = counters.packets
+                    bytes_in[track] = counters.bytes
+        samples.append(
+            TaskSample(
+                app_id=key.app_id,
+                room_id=key.room_id,
+                task_id=key.task_id,
+                running=run.flowing,
+                frames_in=frames_in,
+                bytes_in=bytes_in,
+                frames_out={"video": stats.video_frames_sent, "audio": stats.audio_frames_sent},
+                bytes_out=stats.bytes_sent,
+                viewers=rooms.viewer_count(key.app_id, key.room_id, run.task.user_id),
+                worker_cpu_s=stats.worker_cpu_s,
+                worker_memory_bytes=stats.worker_memory_bytes,
+            )
+        )
+    return samples

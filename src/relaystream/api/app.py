@@ -31,6 +31,7 @@ from relaystream.api.errors import (
 from relaystream.api.models import QueryParams
 from relaystream.api.signature import HttpRequestParts, verify_request
 from relaystream.config import Config
+from relaystream.metrics import API_CODE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -119,4 +120,8 @@ def _parse_json_body(body: bytes) -> dict[str, Any]:
 
 
 def _json(payload: dict[str, Any], status: int) -> web.Response:
-    return web.json_response(payload, status=status)
+    response = web.json_response(payload, status=status)
+    # For the request metrics: the answer's code without decoding the body again.
+    error = payload["ResponseMetadata"].get("Error")
+    response[API_CODE_KEY] = error["Code"] if error else "OK"
+    return response

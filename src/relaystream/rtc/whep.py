@@ -18,6 +18,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.exceptions import OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
+from relaystream.logs import log_event
 from relaystream.rtc.room import ForwardedTrack, Publication, RoomRegistry, TrackKind
 from relaystream.rtc.token import (
     AppKeyLookup,
@@ -64,10 +65,13 @@ def _offered_kinds(offer: RTCSessionDescription) -> list[TrackKind]:
 class WhepSession:
     """One viewer's peer connection to one publication."""
 
-    def __init__(self, session_id: str, pc: RTCPeerConnection, publication: Publication) -> None:
+    def __init__(
+        self, session_id: str, pc: RTCPeerConnection, publication: Publication, viewer_id: str
+    ) -> None:
         self.session_id = session_id
         self.pc = pc
         self.publication = publication
+        self.viewer_id = viewer_id
 
 
 class WhepEndpoint:
@@ -113,7 +117,7 @@ class WhepEndpoint:
         app_id = request.match_info["app_id"]
         room_id = request.match_info["room_id"]
         user_id = request.match_info["user_id"]
-        self._authorize(request, app_id, room_id)
+        viewer_id = self._authorize(request, app_id, room_id)
         if request.content_type != "application/sdp":
             raise web.HTTPUnsupportedMediaType(text="Content-Type must be application/sdp\n")
         publication = self._rooms.find_publication(app_id, room_id, user_id)
@@ -121,10 +125,11 @@ class WhepEndpoint:
             raise web.HTTPNotFound(text=f"no publisher {user_id!r} in room {room_id!r}\n")
         offer = RTCSessionDescription(sdp=await request.text(), type="offer")
         try:
-            session = await self._answer(offer, publication)
+            session = await self._answer(offer, publication, viewer_id)
         except (ValueError, OperationError) as exc:
             raise web.HTTPBadRequest(text=f"cannot answer this offer: {exc}\n") from exc
         assert session.pc.localDescription is not None
+        _log_viewer("viewer joined", session)
         return web.Response(
             status=201,
             content_type="application/sdp",
@@ -142,7 +147,8 @@ class WhepEndpoint:
     async def close_all(self) -> None:
         await asyncio.gather(*(self._close(s) for s in tuple(self._sessions.values())))
 
-    def _authorize(self, request: web.Request, app_id: str, room_id: str) -> None:
+    def _authorize(self, request: web.Request, app_id: str, room_id: str) -> str:
+        """The viewer's user id, from a token that lets it watch this room."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise web.HTTPUnauthorized(
@@ -164,11 +170,14 @@ class WhepEndpoint:
             )
         except TokenError as exc:
             raise web.HTTPForbidden(text=f"token refused: {exc}\n") from exc
+        return viewer
 
-    async def _answer(self, offer: RTCSessionDescription, publication: Publication) -> WhepSession:
+    async def _answer(
+        self, offer: RTCSessionDescription, publication: Publication, viewer_id: str
+    ) -> WhepSession:
         # Host candidates only: the viewer reaches us directly (same machine or LAN).
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        session = WhepSession(secrets.token_urlsafe(16), pc, publication)
+        session = WhepSession(secrets.token_urlsafe(16), pc, publication, viewer_id)
         tracks: list[ForwardedTrack] = []
         try:
             # Transceivers (with H.264 as the only video codec) must exist before the
@@ -216,5 +225,18 @@ class WhepEndpoint:
     async def _close(self, session: WhepSession) -> None:
         if self._sessions.pop(session.session_id, None) is None:
             return
+        _log_viewer("viewer left", session)
         with contextlib.suppress(Exception):
             await session.pc.close()
+
+
+def _log_viewer(event: str, session: WhepSession) -> None:
+    publication = session.publication
+    log_event(
+        logger,
+        event,
+        room=f"{publication.room.app_id}/{publication.room.room_id}",
+        publisher=publication.user_id,
+        viewer=session.viewer_id,
+        session=session.session_id,
+    )
