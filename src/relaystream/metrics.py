@@ -33,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 # A *_created series per counter doubles the output for a timestamp nobody graphs.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 _REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=_REGISTRY)
 
