@@ -240,13 +240,16 @@ def watch(
     refreshes: int | None,
     console: Console | None = None,
 ) -> None:
-    """Show the live table until Ctrl-C (or ``refreshes`` refreshes)."""
+    """Show the live table until Ctrl-C (or ``refreshes`` refreshes); both end it normally."""
     watcher = Watcher(client, wanted)
     done = 0
     with Live(console=console, auto_refresh=False, transient=False) as live:
-        while refreshes is None or done < refreshes:
-            title = f"relaystream tasks at {time.strftime('%H:%M:%S')} (Ctrl-C to quit)"
-            live.update(live_table(watcher.rows(), title), refresh=True)
-            done += 1
-            if refreshes is None or done < refreshes:
-                time.sleep(interval_s)
+        try:
+            while refreshes is None or done < refreshes:
+                title = f"relaystream tasks at {time.strftime('%H:%M:%S')} (Ctrl-C to quit)"
+                live.update(live_table(watcher.rows(), title), refresh=True)
+                done += 1
+                if refreshes is None or done < refreshes:
+                    time.sleep(interval_s)
+        except KeyboardInterrupt:
+            pass  # how one quits watching: not an error

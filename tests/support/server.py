@@ -36,6 +36,12 @@ class RelayServer:
     data_dir: Path
     log_path: Path
     extra_config: str = ""
+    tasks_toml: str = ""
+    serve_args: tuple[str, ...] = ()
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir.parent / "relaystream.toml"
 
     @property
     def host(self) -> str:
@@ -79,7 +85,13 @@ class RelayServer:
 
     def restart(self) -> RelayServer:
         """A new server process on the same config, data dir and port."""
-        return start_server(self.data_dir.parent, extra_config=self.extra_config, port=self.port)
+        return start_server(
+            self.data_dir.parent,
+            extra_config=self.extra_config,
+            tasks_toml=self.tasks_toml,
+            serve_args=self.serve_args,
+            port=self.port,
+        )
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -146,9 +158,11 @@ def start_server(
     allow_private: bool = True,
     extra_config: str = "",
     tasks_toml: str = "",
+    serve_args: tuple[str, ...] = (),
     port: int | None = None,
 ) -> RelayServer:
-    """A server on a free port (or ``port``: a restart on the same data dir and port)."""
+    """A server on a free port (or ``port``: a restart on the same data dir and port);
+    ``serve_args`` are more options of ``relaystream serve``."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
         workdir / "relaystream.toml",
@@ -171,12 +185,15 @@ def start_server(
             str(port),
             "--data-dir",
             str(workdir / "data"),
+            *serve_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    server = RelayServer(process, port, workdir / "data", log_path, extra_config)
+    server = RelayServer(
+        process, port, workdir / "data", log_path, extra_config, tasks_toml, serve_args
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
