@@ -54,7 +54,7 @@ class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """Help that shows each option's default, when it has a meaningful one."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, argparse.SUPPRESS):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
 
