@@ -49,6 +49,10 @@ def clip_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         root / "minute.mp4",
         ClipSpec(duration_s=60.0, width=320, height=180, frame_rate=25, keyframe_interval_s=1.0),
     )
+    make_test_clip(
+        root / "short.mp4",
+        ClipSpec(duration_s=2.0, width=320, height=180, frame_rate=25, keyframe_interval_s=1.0),
+    )
     with static_http_server(root) as base_url:
         yield f"{base_url}/minute.mp4"
 
@@ -337,6 +341,25 @@ async def test_the_log_has_one_line_per_task_and_viewer_event(
     assert f"viewer left room={APP_ID}/{ROOM} publisher=logged viewer=log-viewer" in log
     assert re.search(rf"ready url={re.escape(ops_server.base_url)}\b", log)
     assert "Traceback" not in log
+
+
+async def test_a_source_that_ends_is_one_line_not_a_traceback(
+    ops_server: RelayServer, ops_rtc: RtcService, clip_url: str
+) -> None:
+    short_url = clip_url.replace("minute.mp4", "short.mp4")
+    await start_relay(ops_server, ops_rtc, "ending", short_url)
+    task = await wait_for_status(ops_rtc, ROOM, "ending", 3)
+    assert task["StopReason"] == "SourceEnded"
+
+    key = f"{APP_ID}/{ROOM}/ending"
+    deadline = time.monotonic() + 10
+    while f"task stopped task={key}" not in ops_server.log() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    stopped = [line for line in ops_server.log().splitlines() if f"task={key}" in line]
+    assert any(f"task stopped task={key} reason=SourceEnded" in line for line in stopped)
+    log = ops_server.log()
+    assert "Traceback" not in log
+    assert "Exception ignored" not in log
 
 
 # --- Ctrl-C and the next start ----------------------------------------------------------

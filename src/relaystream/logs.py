@@ -17,6 +17,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Logged with an event: the fields, kept apart from the message for the JSON formatter.
 _FIELDS_ATTR = "relaystream_fields"
 _EVENT_ATTR = "relaystream_event"
+_CHATTY_LIBRARIES = ("aioice", "aiortc")
 
 
 class LogFormat(StrEnum):
@@ -52,6 +53,9 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # ICE logs every candidate pair of every viewer at INFO: detail for debugging only.
+    for chatty in _CHATTY_LIBRARIES:
+        logging.getLogger(chatty).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
 def log_event(logger: logging.Logger, event: str, /, **fields: Any) -> None:
