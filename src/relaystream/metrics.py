@@ -189,7 +189,8 @@ _REGISTRY.register(_LIVE_TASKS)
 
 # --- HTTP -------------------------------------------------------------------------------
 
-API_CODE_KEY = "relaystream_api_code"  # the answer's code, left on an API response
+# The answer's code (OK or the error code), left on an API response for the middleware.
+API_CODE_KEY = web.ResponseKey("relaystream_api_code", str)
 _OTHER_ACTION = "other"  # an unknown Action: one label value, not one per typo
 
 
