@@ -114,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     api = commands.add_parser(
         "api",
         help="call an action, e.g. `relaystream api StartRelayStream '{...}'`",
-        description=f"Credentials: {_CREDENTIALS_HELP}",
+        description="Credentials come from RELAYSTREAM_AK / RELAYSTREAM_SK; the endpoint "
+        "from RELAYSTREAM_ENDPOINT (default http://127.0.0.1:8080).",
         formatter_class=_HelpWithDefaults,
     )
     api.add_argument("action", help="e.g. StartRelayStream, GetRelayStream, ListRelayStream")
