@@ -110,6 +110,7 @@ def write_config(
 ) -> Path:
     """The test config; ``tasks_toml`` is the body of its [tasks] section, ``extra``
     more TOML at the end."""
+    tasks_section = f"[tasks]\n{tasks_toml}" if tasks_toml else ""
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -144,8 +145,7 @@ app_key = "{SECOND_APP_KEY}"
 [sources]
 allow_private = {"true" if allow_private else "false"}
 
-[tasks]
-{tasks_toml}
+{tasks_section}
 {extra}
 """
     )
