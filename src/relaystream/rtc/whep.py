@@ -231,6 +231,7 @@ class WhepEndpoint:
 
 
 def _log_viewer(event: str, session: WhepSession) -> None:
+    # Not the session id: its URL ends the session without a token.
     publication = session.publication
     log_event(
         logger,
@@ -238,5 +239,4 @@ def _log_viewer(event: str, session: WhepSession) -> None:
         room=f"{publication.room.app_id}/{publication.room.room_id}",
         publisher=publication.user_id,
         viewer=session.viewer_id,
-        session=session.session_id,
     )
