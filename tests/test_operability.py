@@ -225,7 +225,7 @@ def test_watch_refreshes_a_running_tasks_frame_rate(
                 )
             ]
         assert len(rates) >= 3, ANSI.sub("", screen)[-3000:]
-        assert 15 <= rates[-1] <= 40, rates
+        assert 10 <= rates[-1] <= 45, rates  # generous: the machine may be busy
         assert ANSI.sub("", screen).count("relaystream tasks at") >= 3
         os.killpg(process.pid, signal.SIGINT)
         assert process.wait(10) == 0
