@@ -75,6 +75,11 @@ class RtcConfig(_Strict):
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)
 
 
+class MetricsConfig(_Strict):
+    # When set, GET /metrics needs "Authorization: Bearer <token>".
+    token: Annotated[str | None, Field(min_length=1, repr=False)] = None
+
+
 class Config(_Strict):
     region: str = "cn-north-1"
     access_keys: tuple[AccessKeyConfig, ...] = ()
@@ -82,6 +87,7 @@ class Config(_Strict):
     sources: SourcesConfig = SourcesConfig()
     tasks: TasksConfig = TasksConfig()
     rtc: RtcConfig = RtcConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _apps_exist(self) -> Config:

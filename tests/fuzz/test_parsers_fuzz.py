@@ -22,7 +22,7 @@ from relaystream.api.errors import ApiError
 from relaystream.api.signature import HttpRequestParts, sign_request, verify_request
 from relaystream.media.wire import EncodedPacket, WireError, WorkerEvent, read_message
 from relaystream.rtc.token import Privilege, TokenError, generate_token, parse_token, verify_token
-from relaystream.rtc.whep import _offered_kinds
+from relaystream.rtc.signaling import offered_kinds
 
 FUZZ = settings(
     max_examples=300,
@@ -221,14 +221,14 @@ def browser_like_offer() -> str:
 
 def offered(sdp: str) -> None:
     try:
-        kinds = _offered_kinds(RTCSessionDescription(sdp=sdp, type="offer"))
+        kinds = offered_kinds(RTCSessionDescription(sdp=sdp, type="offer"))
     except ValueError:
         return
     assert all(kind.value in {"audio", "video"} for kind in kinds)
 
 
 def test_the_unedited_offer_asks_for_video_and_audio(browser_like_offer: str) -> None:
-    kinds = _offered_kinds(RTCSessionDescription(sdp=browser_like_offer, type="offer"))
+    kinds = offered_kinds(RTCSessionDescription(sdp=browser_like_offer, type="offer"))
     assert [kind.value for kind in kinds] == ["video", "audio"]
 
 

@@ -35,7 +35,13 @@ class RelayServer:
     port: int
     data_dir: Path
     log_path: Path
-    config_path: Path
+    extra_config: str = ""
+    tasks_toml: str = ""
+    serve_args: tuple[str, ...] = ()
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir.parent / "relaystream.toml"
 
     @property
     def host(self) -> str:
@@ -79,7 +85,13 @@ class RelayServer:
 
     def restart(self) -> RelayServer:
         """A new server process on the same config, data dir and port."""
-        return serve(self.data_dir.parent, self.config_path, port=self.port)
+        return start_server(
+            self.data_dir.parent,
+            extra_config=self.extra_config,
+            tasks_toml=self.tasks_toml,
+            serve_args=self.serve_args,
+            port=self.port,
+        )
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -94,11 +106,12 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 def write_config(
-    path: Path, *, allow_private: bool = True, tasks_toml: str = "", extra: str = ""
+    path: Path, *, allow_private: bool = True, extra: str = "", tasks_toml: str = ""
 ) -> Path:
     """The test config; ``tasks_toml`` is the body of its [tasks] section, ``extra`` TOML
     placed right after ``[sources] allow_private`` (lines before any table header belong
     to ``[sources]``)."""
+    tasks_section = f"[tasks]\n{tasks_toml}" if tasks_toml else ""
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -134,8 +147,7 @@ app_key = "{SECOND_APP_KEY}"
 allow_private = {"true" if allow_private else "false"}
 {extra}
 
-[tasks]
-{tasks_toml}
+{tasks_section}
 """
     )
     return path
@@ -145,22 +157,20 @@ def start_server(
     workdir: Path,
     *,
     allow_private: bool = True,
-    tasks_toml: str = "",
     extra_config: str = "",
+    tasks_toml: str = "",
+    serve_args: tuple[str, ...] = (),
+    port: int | None = None,
 ) -> RelayServer:
+    """A server on a free port (or ``port``: a restart on the same data dir and port);
+    ``serve_args`` are more options of ``relaystream serve``."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
         workdir / "relaystream.toml",
         allow_private=allow_private,
-        tasks_toml=tasks_toml,
         extra=extra_config,
+        tasks_toml=tasks_toml,
     )
-    return serve(workdir, config)
-
-
-def serve(workdir: Path, config: Path, *, port: int | None = None) -> RelayServer:
-    """``relaystream serve`` with ``config``, its data and log in ``workdir``, on a free
-    port (or ``port``: a restart); returns once it answers /healthz."""
     port = port or free_port()
     log_path = workdir / "server.log"
     log = log_path.open("ab")
@@ -176,12 +186,15 @@ def serve(workdir: Path, config: Path, *, port: int | None = None) -> RelayServe
             str(port),
             "--data-dir",
             str(workdir / "data"),
+            *serve_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    server = RelayServer(process, port, workdir / "data", log_path, config)
+    server = RelayServer(
+        process, port, workdir / "data", log_path, extra_config, tasks_toml, serve_args
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -7,10 +7,13 @@ the SDP answer, candidates included, and a session URL that ``DELETE`` ends.
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import OperationError
 
+from relaystream.logs import log_event
 from relaystream.rtc.room import ForwardedTrack, Publication, RoomRegistry, TrackKind
 from relaystream.rtc.signaling import (
     PeerSession,
@@ -22,6 +25,8 @@ from relaystream.rtc.signaling import (
     require_sdp,
 )
 from relaystream.rtc.token import AppKeyLookup, Privilege
+
+logger = logging.getLogger(__name__)
 
 
 class WhepEndpoint:
@@ -47,7 +52,7 @@ class WhepEndpoint:
         app_id = request.match_info["app_id"]
         room_id = request.match_info["room_id"]
         user_id = request.match_info["user_id"]
-        authorize(
+        viewer_id = authorize(
             request,
             self._app_key_for,
             app_id=app_id,
@@ -63,6 +68,8 @@ class WhepEndpoint:
             session = await self._answer(offer, publication)
         except (ValueError, OperationError) as exc:
             raise web.HTTPBadRequest(text=f"cannot answer this offer: {exc}\n") from exc
+        _log_viewer("viewer joined", publication, viewer_id)
+        session.on_close(lambda: _log_viewer("viewer left", publication, viewer_id))
         return self._sessions.answer(session)
 
     async def close_all(self) -> None:
@@ -96,3 +103,15 @@ class WhepEndpoint:
         self._sessions.add(session)
         publication.on_end(lambda: self._sessions.close_soon(session))
         return session
+
+
+def _log_viewer(event: str, publication: Publication, viewer_id: str) -> None:
+    # Not the session id: its URL ends the session without a token.
+    room = publication.room
+    log_event(
+        logger,
+        event,
+        room=f"{room.app_id}/{room.room_id}",
+        publisher=publication.user_id,
+        viewer=viewer_id,
+    )
