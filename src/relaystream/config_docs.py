@@ -41,7 +41,7 @@ DESCRIPTIONS: dict[str, str] = {
     "(a test, or a source on your own network).",
     "sources.trusted_url_prefixes": "URL prefixes allowed whatever address they reach (same "
     "scheme, host and port; the path under the prefix's), e.g. a CDN on your own network.",
-    "sources.hosts": "Host names with fixed, trusted addresses (`{ name = \"10.0.0.8\" }`): "
+    "sources.hosts": 'Host names with fixed, trusted addresses (`{ name = "10.0.0.8" }`): '
     "resolved to that address and allowed whatever it is.",
     "tasks": "Task lifetimes, retention and caps.",
     "tasks.lifetime_s": "A task ends with `Expired` this long after the later of its Start "

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from relaystream.api.errors import ApiError
 from relaystream.api.signature import HttpRequestParts, sign_request, verify_request
 from relaystream.media.wire import EncodedPacket, WireError, WorkerEvent, read_message
-from relaystream.rtc.token import Privilege, TokenError, generate_token, parse_token, verify_token
 from relaystream.rtc.signaling import offered_kinds
+from relaystream.rtc.token import Privilege, TokenError, generate_token, parse_token, verify_token
 
 FUZZ = settings(
     max_examples=300,
