@@ -6,10 +6,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench-deps check-system-deps clean
+# `make run PORT=9000 CONFIG=my.toml DATA_DIR=data`: where it listens, its config file
+# (none: a demo account kept in the data dir), and where it keeps tasks.
+PORT ?= 8080
+HOST ?= 127.0.0.1
+CONFIG ?=
+DATA_DIR ?= data
+
+.PHONY: run test lint docs bench-deps check-system-deps clean
 
 run: $(VENV)/.run-installed
-	$(BIN)/relaystream serve --data-dir data
+	$(BIN)/relaystream serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) \
+		$(if $(CONFIG),--config $(CONFIG))
+
+# docs/config.md is made from the config model; a test fails when it is out of date.
+docs: $(VENV)/.run-installed
+	$(BIN)/python -m relaystream.config_docs > docs/config.md
 
 test: $(VENV)/.test-installed check-system-deps lint
 	$(BIN)/pytest

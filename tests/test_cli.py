@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from relaystream import __version__ as relaystream_version
 from relaystream.rtc.token import Privilege, TokenError, parse_token, verify_token
 from tests.support.net import free_port
 from tests.support.server import stop_process
@@ -304,15 +305,70 @@ def test_demo_api_command_reports_errors(demo: DemoServer) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
+def test_serve_on_a_taken_port_says_only_that(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = relaystream("serve", "--port", str(port), "--data-dir", str(tmp_path))
+        done = relaystream("serve", "--port", str(port), "--data-dir", str(data_dir))
     assert done.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"relaystream serve: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert done.stdout == ""  # no demo banner
+    assert not (data_dir / "demo-account.toml").exists()  # and no new demo account
+
+
+# --- the command line itself ---------------------------------------------------------
+
+
+def test_version() -> None:
+    done = relaystream("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"relaystream {relaystream_version}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("serve", "--log-level", "verbose"),
+        ("serve", "--port", "eighty"),
+        ("tasks", "--status", "sleeping"),
+        ("frobnicate",),
+        (),
+    ],
+)
+def test_usage_errors_are_one_line(args: tuple[str, ...]) -> None:
+    done = relaystream(*args)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("relaystream")
+    assert "--help" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "defaults"),
+    [
+        (
+            "serve",
+            ["(default: 127.0.0.1)", "(default: 8080)", "(default: data)", "(default: info)"],
+        ),
+        ("token", ["(default: 0)"]),
+        ("api", []),
+        ("tasks", ["(default: data)"]),
+        ("watch", ["(default: 2.0)", "(default: never)"]),
+    ],
+)
+def test_every_command_has_help_with_defaults(command: str, defaults: list[str]) -> None:
+    done = relaystream(command, "--help")
+    assert done.returncode == 0
+    help_text = " ".join(done.stdout.split())  # argparse wraps lines anywhere
+    for default in defaults:
+        assert default in help_text, help_text
+    assert "(default: None)" not in help_text
+    listed = relaystream("--help").stdout
+    assert command in listed
 
 
 def test_serve_with_a_broken_config_names_the_key(tmp_path: Path) -> None:

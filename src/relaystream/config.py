@@ -118,6 +118,11 @@ class ServerConfig(_Strict):
         return self
 
 
+class MetricsConfig(_Strict):
+    # When set, GET /metrics needs "Authorization: Bearer <token>".
+    token: Annotated[str | None, Field(min_length=1, repr=False)] = None
+
+
 class Config(_Strict):
     region: str = "cn-north-1"
     access_keys: tuple[AccessKeyConfig, ...] = ()
@@ -125,6 +130,7 @@ class Config(_Strict):
     sources: SourcesConfig = SourcesConfig()
     tasks: TasksConfig = TasksConfig()
     rtc: RtcConfig = RtcConfig()
+    metrics: MetricsConfig = MetricsConfig()
     server: ServerConfig = ServerConfig()
 
     @model_validator(mode="after")

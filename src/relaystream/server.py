@@ -15,8 +15,10 @@ from relaystream.api.actions import Actions
 from relaystream.api.app import OpenApiEndpoint
 from relaystream.api.parser_errors import answer_parser_errors_with_envelopes
 from relaystream.config import Config, RtcConfig
+from relaystream.logs import log_event
 from relaystream.media.source import ALLOW_PRIVATE_SETTING
 from relaystream.media.testsrc import ClipSpec, make_test_clip
+from relaystream.metrics import MetricsEndpoint, TaskSample
 from relaystream.netpolicy import AddressPolicy
 from relaystream.rtc.ice import IceAddresses
 from relaystream.rtc.ice_servers import IceServer
@@ -118,7 +120,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
         interval_s=config.tasks.purge_interval_s,
     )
     background: list[asyncio.Task[None]] = []
-    tasks = TaskService(supervisor, config.app_key_for)
+    tasks = TaskService(supervisor, config.app_key_for, rooms.viewer_count)
     signaling = signaling_settings(config.rtc)
     # One count for both endpoints: the node's cap is on every session it holds.
     session_caps = SessionCaps(signaling.session_limits)
@@ -156,12 +158,19 @@ async def build_app(settings: ServerSettings) -> web.Application:
         return web.json_response({"status": "ok"})
 
     answer_parser_errors_with_envelopes(config.region)
+    actions = Actions(config, tasks, stream_urls)
+    metrics = MetricsEndpoint(
+        lambda: task_samples(supervisor, rooms),
+        token=config.metrics.token,
+        api_actions=actions.table(),
+    )
     app = web.Application(
         client_max_size=1 << 20,
-        middlewares=[cors],
+        middlewares=[metrics.time_api, cors],
         handler_args={"access_log_class": RedactingAccessLogger},
     )
-    app.add_routes(OpenApiEndpoint(config, Actions(config, tasks, stream_urls)).routes())
+    app.add_routes(OpenApiEndpoint(config, actions).routes())
+    app.add_routes(metrics.routes())
     app.add_routes(whep.routes())
     app.add_routes(whip.routes())
     app.add_routes(room_events.routes())
@@ -170,9 +179,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
     app.add_routes([web.get(f"/demo/{DEMO_CLIP_NAME}", demo_clip)])
 
     async def on_startup(_: web.Application) -> None:
-        resumed = await supervisor.resume()
-        if resumed:
-            logger.info("resumed %d active task(s)", resumed)
+        await supervisor.resume()
         background.append(asyncio.create_task(retention.run_forever(), name="retention"))
         # What exists now (modules, the app, resumed tasks) lives as long as the server:
         # keep it out of every full collection, whose pause would otherwise grow with it
@@ -185,6 +192,8 @@ async def build_app(settings: ServerSettings) -> web.Application:
         room_events.close_all()
 
     async def on_cleanup(_: web.Application) -> None:
+        active = len(supervisor.runs())
+        log_event(logger, "shutting down", active_tasks=active, resume="on the next start")
         for job in background:
             job.cancel()
         await asyncio.gather(demo_clip_made, *background, return_exceptions=True)
@@ -192,8 +201,40 @@ async def build_app(settings: ServerSettings) -> web.Application:
         await whip.close_all()
         await whep.close_all()
         await store.close()
+        log_event(logger, "stopped")
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+def task_samples(supervisor: TaskSupervisor, rooms: RoomRegistry) -> list[TaskSample]:
+    """What /metrics shows of each active task, read from its run and its room."""
+    samples = []
+    for run in supervisor.runs():
+        key, stats = run.task.key, run.current_stats()
+        progress = stats.progress
+        frames_in: dict[str, int] = {}
+        bytes_in: dict[str, int] = {}
+        if progress is not None:
+            for track, counters in (("video", progress.video), ("audio", progress.audio)):
+                if counters is not None:
+                    frames_in[track] = counters.packets
+                    bytes_in[track] = counters.bytes
+        samples.append(
+            TaskSample(
+                app_id=key.app_id,
+                room_id=key.room_id,
+                task_id=key.task_id,
+                running=run.flowing,
+                frames_in=frames_in,
+                bytes_in=bytes_in,
+                frames_out={"video": stats.video_frames_sent, "audio": stats.audio_frames_sent},
+                bytes_out=stats.bytes_sent,
+                viewers=rooms.viewer_count(key.app_id, key.room_id, run.task.user_id),
+                worker_cpu_s=stats.worker_cpu_s,
+                worker_memory_bytes=stats.worker_memory_bytes,
+            )
+        )
+    return samples

@@ -397,9 +397,9 @@ def test_transcode_without_video_width(rtc: RtcService, relay_server: RelayServe
 
 def test_app_id_not_configured(rtc: RtcService, relay_server: RelayServer) -> None:
     body = valid_body(relay_server)
-    body["AppId"] = "bbbbbbbbbbbbbbbbbbbbbbbb"
+    body["AppId"] = "dddddddddddddddddddddddd"
     message = sdk_error(rtc, "StartRelayStream", body, "InvalidParameter.NotExistAppId")
-    assert "bbbbbbbbbbbbbbbbbbbbbbbb" in message
+    assert "dddddddddddddddddddddddd" in message
 
 
 def test_app_id_of_another_access_key(relay_server: RelayServer) -> None:

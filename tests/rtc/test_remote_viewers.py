@@ -55,7 +55,12 @@ def server(
     cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
     trusting = ssl.create_default_context()
     certificate_authority.configure_trust(trusting)
-    relay_server = start_server(workdir, extra_config=REMOTE_CONFIG, tls=(cert, key, trusting))
+    relay_server = start_server(
+        workdir,
+        extra_config=REMOTE_CONFIG,
+        serve_args=("--tls-cert", str(cert), "--tls-key", str(key)),
+        tls=trusting,
+    )
     yield relay_server
     relay_server.stop()
 

@@ -30,23 +30,20 @@ APP_KEYS = {
 }
 
 
-# (certificate file, key file, a client context that trusts the certificate)
-TlsSetup = tuple[Path, Path, ssl.SSLContext]
-
-
 @dataclass
 class RelayServer:
     process: subprocess.Popen[bytes]
     port: int
     data_dir: Path
     log_path: Path
-    config_path: Path
-    tls_setup: TlsSetup | None = None
+    extra_config: str = ""
+    tasks_toml: str = ""
+    serve_args: tuple[str, ...] = ()
+    tls: ssl.SSLContext | None = None  # a client context trusting the HTTPS certificate
 
     @property
-    def tls(self) -> ssl.SSLContext | None:
-        """A client context that trusts the server's certificate, when it serves HTTPS."""
-        return self.tls_setup[2] if self.tls_setup else None
+    def config_path(self) -> Path:
+        return self.data_dir.parent / "relaystream.toml"
 
     @property
     def host(self) -> str:
@@ -90,7 +87,14 @@ class RelayServer:
 
     def restart(self) -> RelayServer:
         """A new server process on the same config, data dir and port."""
-        return serve(self.data_dir.parent, self.config_path, port=self.port, tls=self.tls_setup)
+        return start_server(
+            self.data_dir.parent,
+            extra_config=self.extra_config,
+            tasks_toml=self.tasks_toml,
+            serve_args=self.serve_args,
+            port=self.port,
+            tls=self.tls,
+        )
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -105,11 +109,12 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 def write_config(
-    path: Path, *, allow_private: bool = True, tasks_toml: str = "", extra: str = ""
+    path: Path, *, allow_private: bool = True, extra: str = "", tasks_toml: str = ""
 ) -> Path:
     """The test config; ``tasks_toml`` is the body of its [tasks] section, ``extra`` TOML
     placed right after ``[sources] allow_private`` (lines before any table header belong
     to ``[sources]``)."""
+    tasks_section = f"[tasks]\n{tasks_toml}" if tasks_toml else ""
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -145,8 +150,7 @@ app_key = "{SECOND_APP_KEY}"
 allow_private = {"true" if allow_private else "false"}
 {extra}
 
-[tasks]
-{tasks_toml}
+{tasks_section}
 """
     )
     return path
@@ -156,31 +160,25 @@ def start_server(
     workdir: Path,
     *,
     allow_private: bool = True,
-    tasks_toml: str = "",
     extra_config: str = "",
-    tls: TlsSetup | None = None,
+    tasks_toml: str = "",
+    serve_args: tuple[str, ...] = (),
+    port: int | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> RelayServer:
-    """``extra_config``: TOML after ``[sources]`` (e.g. an ``[rtc]`` table); ``tls``:
-    (certificate, key, client context that trusts it) to serve HTTPS."""
+    """A server on a free port (or ``port``: a restart on the same data dir and port);
+    ``serve_args`` are more options of ``relaystream serve``; with ``--tls-cert`` among
+    them, ``tls`` is a client context that trusts the certificate."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
         workdir / "relaystream.toml",
         allow_private=allow_private,
-        tasks_toml=tasks_toml,
         extra=extra_config,
+        tasks_toml=tasks_toml,
     )
-    return serve(workdir, config, tls=tls)
-
-
-def serve(
-    workdir: Path, config: Path, *, port: int | None = None, tls: TlsSetup | None = None
-) -> RelayServer:
-    """``relaystream serve`` with ``config``, its data and log in ``workdir``, on a free
-    port (or ``port``: a restart); returns once it answers /healthz."""
     port = port or free_port()
     log_path = workdir / "server.log"
     log = log_path.open("ab")
-    tls_args = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
     process = subprocess.Popen(
         [
             sys.executable,
@@ -193,13 +191,15 @@ def serve(
             str(port),
             "--data-dir",
             str(workdir / "data"),
-            *tls_args,
+            *serve_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    server = RelayServer(process, port, workdir / "data", log_path, config, tls)
+    server = RelayServer(
+        process, port, workdir / "data", log_path, extra_config, tasks_toml, serve_args, tls
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

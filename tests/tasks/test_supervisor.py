@@ -56,7 +56,9 @@ class Node:
         self.store = store
         self.rooms = rooms
         connector = EmbeddedRoomConnector(rooms, {APP_ID: APP_KEY}.get)
-        self.supervisor = TaskSupervisor(store, connector, SourcePolicy(allow_private=True), slots)
+        self.supervisor = TaskSupervisor(
+            store, connector, SourcePolicy(allow_private=True), slots=slots
+        )
 
     async def wait_for(
         self, key: TaskKey, status: TaskStatus, timeout_s: float = 15.0

@@ -198,7 +198,7 @@ def task_to_wire(view: TaskView) -> dict[str, Any]:
         **control_to_wire(task.control),
     }
     if view.stats is not None:
-        wire["Stats"] = stats_to_wire(view.stats)
+        wire["Stats"] = {**stats_to_wire(view.stats), "Viewers": view.viewers}
     return wire
 
 

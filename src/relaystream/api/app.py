@@ -35,6 +35,7 @@ from relaystream.api.openapi import openapi_document
 from relaystream.api.request_checks import ALLOW_HEADER, check_method, check_utf8
 from relaystream.api.signature import HttpRequestParts, verify_request
 from relaystream.config import Config
+from relaystream.metrics import API_CODE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,11 @@ def _printable(text: str) -> str:
 
 
 def _json(payload: dict[str, Any], status: int) -> web.Response:
-    return web.json_response(payload, status=status)
+    response = web.json_response(payload, status=status)
+    # For the request metrics: the answer's code without decoding the body again.
+    error = payload["ResponseMetadata"].get("Error")
+    response[API_CODE_KEY] = error["Code"] if error else "OK"
+    return response
 
 
 def _method_not_allowed(request: web.Request, payload: dict[str, Any]) -> web.Response:

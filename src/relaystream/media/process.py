@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 2.0
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 _STDERR_TAIL_LINES = 20
 
 
@@ -79,6 +80,17 @@ class MediaWorker:
             return 0.0
         # Fields 14 and 15 of /proc/PID/stat (utime, stime), counted after the ")".
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_S
+
+    def memory_bytes(self) -> int:
+        """Resident memory of the worker now (0 once it has exited)."""
+        if self._process is None or self._process.returncode is not None:
+            return 0
+        try:
+            # /proc/PID/statm: sizes in pages; the second is the resident set.
+            resident_pages = int(Path(f"/proc/{self._process.pid}/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+        return resident_pages * _PAGE_BYTES
 
     async def start(self) -> None:
         self._process = await asyncio.create_subprocess_exec(

@@ -310,6 +310,13 @@ class RoomRegistry:
         room = self._rooms.get((app_id, room_id))
         return room.publications.get(user_id) if room else None
 
+    def viewer_count(self, app_id: str, room_id: str, user_id: str) -> int:
+        """Viewers of ``user_id``'s publication (0 when it does not publish)."""
+        publication = self.find_publication(app_id, room_id, user_id)
+        if publication is None:
+            return 0
+        return max((t.subscriber_count for t in publication.tracks.values()), default=0)
+
     def room(self, app_id: str, room_id: str) -> Room | None:
         return self._rooms.get((app_id, room_id))
 

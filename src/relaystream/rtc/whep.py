@@ -7,10 +7,13 @@ the SDP answer, candidates included, and a session URL that ``DELETE`` ends.
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from aiortc import RTCSessionDescription
 from aiortc.exceptions import OperationError
 
+from relaystream.logs import log_event
 from relaystream.rtc.keyframe_requests import forward_keyframe_requests
 from relaystream.rtc.room import Publication, RoomRegistry, TrackKind
 from relaystream.rtc.session_caps import SessionCaps
@@ -24,6 +27,8 @@ from relaystream.rtc.signaling import (
     read_sdp_offer,
 )
 from relaystream.rtc.token import AppKeyLookup, Privilege
+
+logger = logging.getLogger(__name__)
 
 
 class WhepEndpoint:
@@ -55,7 +60,7 @@ class WhepEndpoint:
         app_id = request.match_info["app_id"]
         room_id = request.match_info["room_id"]
         user_id = request.match_info["user_id"]
-        authorize(
+        viewer_id = authorize(
             request,
             self._app_key_for,
             app_id=app_id,
@@ -76,6 +81,8 @@ class WhepEndpoint:
             raise
         self._sessions.add(session)
         session.on_close(publication.on_end(lambda: self._sessions.close_soon(session)))
+        _log_viewer("viewer joined", publication, viewer_id)
+        session.on_close(lambda: _log_viewer("viewer left", publication, viewer_id))
         return self._sessions.answer(session)
 
     async def close_all(self) -> None:
@@ -105,3 +112,15 @@ class WhepEndpoint:
         self._sessions.use_ice_settings(session)
         await pc.setRemoteDescription(offer)
         await pc.setLocalDescription(await pc.createAnswer())
+
+
+def _log_viewer(event: str, publication: Publication, viewer_id: str) -> None:
+    # Not the session id: its URL ends the session without a token.
+    room = publication.room
+    log_event(
+        logger,
+        event,
+        room=f"{room.app_id}/{room.room_id}",
+        publisher=publication.user_id,
+        viewer=viewer_id,
+    )

@@ -92,6 +92,7 @@ class RunStats:
     reconnects: int = 0
     last_error: str = ""
     worker_cpu_s: float = 0.0
+    worker_memory_bytes: int = 0
 
     def count(self, packet: EncodedPacket) -> None:
         if self.first_packet_at is None:
@@ -185,9 +186,15 @@ class RelayRun:
         started_s = max(self.task.create_time_ms / 1000, self.task.control.start_timestamp_s)
         return started_s + self._settings.lifetime_s
 
+    @property
+    def flowing(self) -> bool:
+        """Media is reaching the room now (the task shows status 2)."""
+        return self._flowing
+
     def current_stats(self) -> RunStats:
         if self._worker is not None:
             self.stats.worker_cpu_s = self._worker.cpu_seconds()
+            self.stats.worker_memory_bytes = self._worker.memory_bytes()
         return self.stats
 
     def apply_control(self, task: RelayTask) -> None:

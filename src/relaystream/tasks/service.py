@@ -38,6 +38,11 @@ class StartResult(Enum):
 class TaskView:
     task: RelayTask
     stats: RunStats | None
+    viewers: int = 0  # watching the task's publication now
+
+
+# How many viewers watch (app_id, room_id, user_id)'s publication.
+ViewerCount = Callable[[str, str, str], int]
 
 
 @dataclass(frozen=True)
@@ -47,9 +52,15 @@ class TaskList:
 
 
 class TaskService:
-    def __init__(self, supervisor: TaskSupervisor, app_key_for: AppKeyLookup) -> None:
+    def __init__(
+        self,
+        supervisor: TaskSupervisor,
+        app_key_for: AppKeyLookup,
+        viewer_count: ViewerCount | None = None,
+    ) -> None:
         self._supervisor = supervisor
         self._app_key_for = app_key_for
+        self._viewer_count = viewer_count
 
     async def start(self, task: RelayTask) -> StartResult:
         """Start a new run of ``task``; ``TaskLimitReached`` when the caps are full."""
@@ -98,7 +109,10 @@ class TaskService:
         task = await self._supervisor.load(key)
         if task is None:
             return None
-        return TaskView(task, self._supervisor.stats(key) if task.active else None)
+        if not task.active:
+            return TaskView(task, None)
+        viewers = self._viewer_count(*key_and_user(task)) if self._viewer_count else 0
+        return TaskView(task, self._supervisor.stats(key), viewers)
 
     def _check_token(self, task: RelayTask) -> None:
         app_key = self._app_key_for(task.key.app_id)
@@ -115,3 +129,8 @@ class TaskService:
             )
         except TokenError as exc:
             raise TaskRequestError("Token", str(exc)) from exc
+
+
+def key_and_user(task: RelayTask) -> tuple[str, str, str]:
+    """(app_id, room_id, user_id): where the task publishes."""
+    return task.key.app_id, task.key.room_id, task.user_id

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from relaystream import metrics
+from relaystream.logs import log_event, url_for_log
 from relaystream.rtc.publisher import RoomConnector
 from relaystream.store import StaleVersion, TaskExists, TaskQuery, TaskStore
 from relaystream.tasks.control import RelayControl
@@ -77,6 +79,10 @@ class TaskSupervisor:
         entry = self._runs.get(key)
         return entry[0].current_stats() if entry else None
 
+    def runs(self) -> list[RelayRun]:
+        """The runs of this node's active tasks, for live statistics."""
+        return [run for run, _ in self._runs.values()]
+
     async def resume(self) -> int:
         """Start the runs of tasks that were active when the server last stopped."""
         tasks = await self.active_tasks()
@@ -87,6 +93,7 @@ class TaskSupervisor:
             )
             if current is not None:
                 self._spawn(current)
+                _log_start(current, metrics.StartKind.RESUME)
                 resumed += 1
         return resumed
 
@@ -105,6 +112,7 @@ class TaskSupervisor:
                 slot.release()
             raise
         self._spawn(task, slot)
+        _log_start(task, metrics.StartKind.API)
 
     async def update(
         self, key: TaskKey, change: Callable[[RelayControl], RelayControl]
@@ -119,6 +127,8 @@ class TaskSupervisor:
         entry = self._runs.get(key)
         if task is not None and entry is not None:
             entry[0].apply_control(task)
+        if task is not None:
+            log_event(logger, "task updated", task=key, source=url_for_log(task.control.stream_url))
         return task
 
     async def stop(self, key: TaskKey, reason: StopReason, detail: str = "") -> RelayTask | None:
@@ -129,6 +139,8 @@ class TaskSupervisor:
             entry[1].cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await entry[1]
+        if task is not None:
+            _log_stop(task)
         return task
 
     async def shutdown(self) -> None:
@@ -163,8 +175,9 @@ class TaskSupervisor:
                 slot.release()
         if self._runs.get(key, (None,))[0] is run:
             del self._runs[key]
-        await self._transition(key, lambda t: t.stopped(outcome.reason, outcome.detail))
-        logger.info("task %s ended: %s %s", key, outcome.reason, outcome.detail)
+        ended = await self._transition(key, lambda t: t.stopped(outcome.reason, outcome.detail))
+        if ended is not None:
+            _log_stop(ended)
 
     async def _slot_when_due(self, task: RelayTask) -> Slot:
         """Wait for a scheduled (or resumed) task's start time, then for a free slot."""
@@ -249,3 +262,21 @@ class _Hooks:
 
     async def position(self, position_s: float) -> None:
         await self._supervisor._transition(self._key, lambda t: t.at_position(position_s))
+
+
+def _log_start(task: RelayTask, kind: metrics.StartKind) -> None:
+    metrics.task_started(kind)
+    log_event(
+        logger,
+        "task resumed" if kind is metrics.StartKind.RESUME else "task started",
+        task=task.key,
+        user=task.user_id,
+        source=url_for_log(task.control.stream_url),
+        mode=task.control.stream_mode.name.lower(),
+    )
+
+
+def _log_stop(task: RelayTask) -> None:
+    reason = task.stop_reason.value if task.stop_reason else ""
+    metrics.task_stopped(reason)
+    log_event(logger, "task stopped", task=task.key, reason=reason, detail=task.stop_detail)
