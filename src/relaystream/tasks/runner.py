@@ -25,10 +25,12 @@ from typing import Any, Protocol
 import av
 
 from relaystream.media.events import (
+    CommandName,
     SourceEnded,
     SourceFailed,
     SourceOpened,
     SourceProgress,
+    WorkerCommand,
 )
 from relaystream.media.process import MediaWorker, WorkerCrashed
 from relaystream.media.spec import PipelineSpec
@@ -224,10 +226,17 @@ class RelayRun:
         except JoinRefused as exc:
             reason = StopReason.TOKEN_INVALID if exc.token_invalid else StopReason.SOURCE_ERROR
             return RunOutcome(reason, exc.reason)
+        # A viewer's PLI/FIR (rate limited by the room) asks the current worker for a
+        # keyframe; a remux worker cannot make one and ignores it.
+        publisher.on_keyframe_request(self._request_keyframe)
         try:
             return await self._race(self._relay(publisher), self._watch_timers())
         finally:
             await publisher.leave()
+
+    def _request_keyframe(self) -> None:
+        if self._worker is not None:
+            self._worker.send(WorkerCommand(CommandName.KEYFRAME))
 
     async def _wait_for_start_time(self) -> bool:
         """Sleep until StartTimeStamp; False if the lifetime ends first."""
