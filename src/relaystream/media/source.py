@@ -1,4 +1,7 @@
-"""Opening a source URL safely: scheme and address policy, FFmpeg options, error mapping."""
+"""Opening a source URL safely: scheme and address policy, then FFmpeg.
+
+Per-kind FFmpeg options live in formats.py, the translation of errors in failures.py.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +12,21 @@ from urllib.parse import SplitResult, urlsplit
 import av
 import av.container
 
+from relaystream.media.failures import SourceError, classify
+from relaystream.media.formats import SourceKind, open_options, source_kind
 from relaystream.media.spec import PipelineSpec
 
-ALLOWED_SCHEMES = frozenset({"rtmp", "rtmps", "http", "https", "srt", "rtsp"})
+__all__ = [
+    "ALLOWED_SCHEMES",
+    "SourceError",
+    "check_scheme",
+    "check_source_address",
+    "open_source",
+]
 
-# The FFmpeg protocols a source may use, also for what it references (HLS segments,
-# DASH fragments, redirects): never file, pipe, concat, subfile and the like.
-_PROTOCOL_WHITELIST = "http,https,tcp,tls,crypto,rtmp,rtmps,rtmpt,srt,udp,rtsp,rtp,hls"
-
-
-class SourceError(Exception):
-    """The source cannot be relayed; ``detail`` is a short, user-facing reason."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
+# SRT is left out until it can be read: the bundled FFmpeg has no SRT protocol, and a
+# scheme accepted at the API must not fail at run time.
+ALLOWED_SCHEMES = frozenset({"rtmp", "rtmps", "http", "https", "rtsp"})
 
 
 def _split(url: str) -> SplitResult:
@@ -69,42 +72,18 @@ def check_source_address(
 
 
 def open_source(spec: PipelineSpec) -> av.container.InputContainer:
-    """Open the source for demuxing, mapping FFmpeg errors to a SourceError detail."""
+    """Open the source for demuxing; failures are a SourceError that says why."""
     check_source_address(
         spec.url,
         allow_private=spec.allow_private_sources,
         trusted_prefixes=spec.trusted_url_prefixes,
     )
-    timeout_us = str(int(spec.open_timeout_s * 1_000_000))
-    options = {
-        "protocol_whitelist": _PROTOCOL_WHITELIST,
-        "rw_timeout": timeout_us,
-        # Live sources must not be read far ahead just to guess stream parameters.
-        "analyzeduration": "2000000",
-        "probesize": "2000000",
-    }
-    if check_scheme(spec.url) in {"http", "https"}:
-        options["reconnect"] = "1"
+    kind = source_kind(spec.url)
+    if kind is SourceKind.DASH:
+        raise SourceError("unsupported format: DASH manifests cannot be read yet")
     try:
-        return av.open(spec.url, mode="r", options=options, timeout=spec.open_timeout_s)
+        return av.open(
+            spec.url, mode="r", options=open_options(spec, kind), timeout=spec.open_timeout_s
+        )
     except Exception as exc:
-        raise SourceError(describe_ffmpeg_error(exc)) from exc
-
-
-def describe_ffmpeg_error(exc: BaseException) -> str:
-    """A short user-facing reason for a failure to open or read a source."""
-    if isinstance(exc, av.error.HTTPNotFoundError):
-        return "404 not found"
-    if isinstance(exc, av.error.HTTPForbiddenError | av.error.HTTPUnauthorizedError):
-        return "access denied by the source server"
-    if isinstance(exc, av.error.HTTPError | av.error.HTTPClientError):
-        return f"HTTP error from the source server: {exc.strerror}"
-    if isinstance(exc, ConnectionError | av.error.TimeoutError | TimeoutError):
-        return f"unreachable: {getattr(exc, 'strerror', None) or exc}"
-    if isinstance(exc, av.error.InvalidDataError):
-        return "corrupt data: the source is not a recognisable media stream"
-    if isinstance(exc, av.error.ProtocolNotFoundError):
-        return "unsupported protocol"
-    if isinstance(exc, av.error.FFmpegError):
-        return f"cannot read the source: {exc.strerror}"
-    return f"cannot read the source: {type(exc).__name__}"
+        raise classify(exc, timeout_s=spec.open_timeout_s, media_flowed_s=None) from exc
