@@ -38,10 +38,24 @@ class AppConfig(_Strict):
     callback_url: str | None = None
     callback_secret: Annotated[str | None, Field(repr=False)] = None
     qps_limit: Annotated[int, Field(gt=0)] = 150
+    # https and rtmps sources must present a certificate the system trusts; an app that
+    # pulls from servers with self-signed certificates may turn this off.
+    tls_verify: bool = True
 
 
 class SourcesConfig(_Strict):
     allow_private: bool = False
+
+
+class MediaConfig(_Strict):
+    """Limits on one media worker, so that one source cannot starve the others."""
+
+    # The server kills a worker whose resident memory passes this; its task ends with a
+    # reason that says so, and is not relaunched.
+    worker_memory_limit_mb: Annotated[int, Field(ge=64)] = 1024
+    # Transcoding a larger picture is refused (portrait measured like landscape).
+    max_transcode_width: Annotated[int, Field(ge=16)] = 4096
+    max_transcode_height: Annotated[int, Field(ge=16)] = 2160
 
 
 class TasksConfig(_Strict):
@@ -61,6 +75,7 @@ class Config(_Strict):
     sources: SourcesConfig = SourcesConfig()
     tasks: TasksConfig = TasksConfig()
     rtc: RtcConfig = RtcConfig()
+    media: MediaConfig = MediaConfig()
 
     @model_validator(mode="after")
     def _apps_exist(self) -> Config:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,8 +20,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def static_http_server(root: Path) -> Iterator[str]:
-    """Serve ``root`` over HTTP (with Range support) on 127.0.0.1; yields the base URL."""
+def static_http_server(root: Path, ssl_context: ssl.SSLContext | None = None) -> Iterator[str]:
+    """Serve ``root`` over HTTP (with Range support) on 127.0.0.1; yields the base URL.
+
+    With ``ssl_context`` it is HTTPS.
+    """
     port = free_port()
     loop = asyncio.new_event_loop()
     started = threading.Event()
@@ -31,7 +35,7 @@ def static_http_server(root: Path) -> Iterator[str]:
         app.router.add_static("/", root)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context).start()
         runner_box.append(runner)
         started.set()
 
@@ -40,7 +44,7 @@ def static_http_server(root: Path) -> Iterator[str]:
     asyncio.run_coroutine_threadsafe(start(), loop).result(10)
     started.wait(10)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
     finally:
         asyncio.run_coroutine_threadsafe(runner_box[0].cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)

@@ -11,8 +11,11 @@ limit the source exceeds, corrupt data before any media flowed.
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import av
+import av.logging
 
 
 class SourceError(Exception):
@@ -22,6 +25,29 @@ class SourceError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.retryable = retryable
+
+
+@contextmanager
+def ffmpeg_error_log() -> Iterator[None]:
+    """Let FFmpeg's error lines reach the exceptions PyAV raises (``exc.log``).
+
+    Only around opening a source: PyAV's log callback takes the GIL from FFmpeg's own
+    threads, which is safe while no decoder or encoder threads run, not during relay.
+    """
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        yield
+    finally:
+        av.logging.set_level(previous)
+
+
+def _ffmpeg_log_line(exc: BaseException) -> tuple[str, str]:
+    """(FFmpeg component, message) of the error line PyAV attached, or empty strings."""
+    log = getattr(exc, "log", None)
+    if isinstance(log, tuple) and len(log) == 3:
+        return str(log[1]), str(log[2]).strip()
+    return "", ""
 
 
 def _http_failure(exc: av.error.FFmpegError) -> SourceError | None:
@@ -55,6 +81,11 @@ def classify(exc: BaseException, *, timeout_s: float, media_flowed_s: float | No
         http = _http_failure(exc)
         if http is not None:
             return http
+    component, message = _ffmpeg_log_line(exc)
+    if component == "tls":
+        if "verif" in message.lower() or "certificate" in message.lower():
+            return SourceError("TLS: the source's certificate could not be verified")
+        return SourceError("TLS: the secure connection to the source failed", retryable=True)
     if isinstance(exc, ConnectionRefusedError):
         return SourceError("unreachable: the source server refused the connection", retryable=True)
     if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):

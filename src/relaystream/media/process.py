@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from relaystream.media.events import SourceEnded, SourceFailed, WorkerEvent
+from relaystream.media.limits import MemoryLimit
 from relaystream.media.spec import PipelineSpec
 from relaystream.media.wire import EncodedPacket, WireError, read_message
 
@@ -34,6 +35,7 @@ class MediaWorker:
         self._process: asyncio.subprocess.Process | None = None
         self._stderr_tail: list[str] = []
         self._stderr_task: asyncio.Task[None] | None = None
+        self.memory: MemoryLimit | None = None
         self._log_prefix = " ".join(f"{k}={v}" for k, v in (log_fields or {}).items())
 
     def cpu_seconds(self) -> float:
@@ -61,6 +63,9 @@ class MediaWorker:
         self._process.stdin.write(json.dumps(self._spec.to_json_dict()).encode() + b"\n")
         await self._process.stdin.drain()
         self._stderr_task = asyncio.create_task(self._collect_stderr())
+        if self._spec.memory_limit_mb is not None:
+            self.memory = MemoryLimit(self._process.pid, self._spec.memory_limit_mb, self._kill)
+            self.memory.start()
 
     async def messages(self) -> AsyncIterator[EncodedPacket | WorkerEvent]:
         process = self._process
@@ -78,6 +83,10 @@ class MediaWorker:
             final = SourceFailed(f"media worker sent bad data: {exc}")
             yield final
         returncode = await process.wait()
+        if self.memory is not None and self.memory.exceeded is not None:
+            # Killed on purpose: its end is the limit, whatever it managed to say.
+            yield self.memory.exceeded
+            return
         if final is None:
             if self._stderr_task is not None:
                 await self._stderr_task
@@ -88,6 +97,8 @@ class MediaWorker:
     async def stop(self) -> None:
         """Terminate the worker; kill it if it does not exit promptly."""
         process = self._process
+        if self.memory is not None:
+            await self.memory.close()
         if process is None or process.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -98,6 +109,11 @@ class MediaWorker:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
 
     async def _collect_stderr(self) -> None:
         assert self._process is not None and self._process.stderr is not None

@@ -12,7 +12,7 @@ from urllib.parse import SplitResult, urlsplit
 import av
 import av.container
 
-from relaystream.media.failures import SourceError, classify
+from relaystream.media.failures import SourceError, classify, ffmpeg_error_log
 from relaystream.media.formats import SourceKind, open_options, source_kind
 from relaystream.media.spec import PipelineSpec
 
@@ -82,8 +82,9 @@ def open_source(spec: PipelineSpec) -> av.container.InputContainer:
     if kind is SourceKind.DASH:
         raise SourceError("unsupported format: DASH manifests cannot be read yet")
     try:
-        return av.open(
-            spec.url, mode="r", options=open_options(spec, kind), timeout=spec.open_timeout_s
-        )
+        with ffmpeg_error_log():
+            return av.open(
+                spec.url, mode="r", options=open_options(spec, kind), timeout=spec.open_timeout_s
+            )
     except Exception as exc:
         raise classify(exc, timeout_s=spec.open_timeout_s, media_flowed_s=None) from exc

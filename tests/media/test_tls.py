@@ -1,0 +1,66 @@
+"""Stories for https sources: certificates are checked unless the app says not to."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+
+import pytest
+
+from relaystream.config import AppConfig
+from relaystream.media.events import SourceOpened, WorkerEvent
+from relaystream.media.failures import SourceError
+from relaystream.media.pipeline import PipelineEnd, RelayPipeline
+from relaystream.media.spec import MediaType, PipelineSpec, StreamMode
+from relaystream.media.testsrc import ClipSpec, make_test_clip
+from tests.support.net import static_http_server
+from tests.support.tls import self_signed_certificate
+
+
+@pytest.fixture(scope="module")
+def https_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("https")
+    make_test_clip(root / "clip.mp4", ClipSpec(duration_s=0.5, width=160, height=90))
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with static_http_server(root, ssl_context=context) as base_url:
+        yield f"{base_url}/clip.mp4"
+
+
+def spec_for(url: str, *, tls_verify: bool) -> PipelineSpec:
+    return PipelineSpec(
+        url=url,
+        stream_mode=StreamMode.REMUX,
+        media_type=MediaType.VIDEO_ONLY,
+        allow_private_sources=True,
+        tls_verify=tls_verify,
+        open_timeout_s=3,
+    )
+
+
+def test_apps_verify_certificates_unless_configured_not_to() -> None:
+    app = {"app_id": "a" * 24, "app_key": "k"}
+
+    assert AppConfig.model_validate(app).tls_verify is True
+    assert AppConfig.model_validate({**app, "tls_verify": False}).tls_verify is False
+    assert PipelineSpec(url="https://example.com/live.flv").tls_verify is True
+
+
+def test_an_untrusted_certificate_is_refused_for_good(https_url: str) -> None:
+    with pytest.raises(SourceError) as refused:
+        RelayPipeline(spec_for(https_url, tls_verify=True), lambda _: None, lambda _: None).run()
+
+    assert refused.value.detail == "TLS: the source's certificate could not be verified"
+    assert not refused.value.retryable
+
+
+def test_with_verification_off_the_same_source_plays(https_url: str) -> None:
+    events: list[WorkerEvent] = []
+    packets: list[object] = []
+
+    end = RelayPipeline(spec_for(https_url, tls_verify=False), packets.append, events.append).run()
+
+    assert end is PipelineEnd.ENDED
+    assert isinstance(events[0], SourceOpened)
+    assert len(packets) == 15  # 0.5 s at 30 fps
