@@ -102,9 +102,16 @@ def test_a_looping_vod_keeps_playing_with_rising_pts_and_no_gap(
     assert pts[-1] / 90_000 > 2.0 * CLIP_S
     assert all(b > a for a, b in itertools.pairwise(pts)), "video pts must keep rising"
     assert max(b - a for a, b in itertools.pairwise(pts)) / 90_000 <= MAX_GAP_S
-    # What a viewer sees: frames keep arriving, paced, across the restart.
-    arrivals = [t for t, _ in video[5:]]  # after the start-up burst
-    assert max(b - a for a, b in itertools.pairwise(arrivals)) <= MAX_GAP_S
+    # What a viewer sees: frames keep arriving across each restart, no later than
+    # the gap allows (only the restarts are timed: elsewhere a busy machine's jitter
+    # is not the loop's doing).
+    restarts = [
+        b_at - a_at
+        for (a_at, a), (b_at, b) in itertools.pairwise(video)
+        if int(a.pts / 90_000 / CLIP_S) != int(b.pts / 90_000 / CLIP_S)
+    ]
+    assert len(restarts) >= 2
+    assert max(restarts) <= MAX_GAP_S
     audio_pts = [p.pts for _, p in recorded.track(MessageKind.AUDIO)]
     assert all(b > a for a, b in itertools.pairwise(audio_pts))
     assert max(b - a for a, b in itertools.pairwise(audio_pts)) / 48_000 <= MAX_GAP_S

@@ -124,7 +124,9 @@ class VideoTranscoder:
             )
         check_transcode_size(stream.codec_context.width, stream.codec_context.height, self._spec)
         self._stream = stream
-        stream.codec_context.thread_type = "AUTO"
+        # Slice threads only: frame threads hold frames back (one per thread), which
+        # shows as a stall each time a looping source starts over.
+        stream.codec_context.thread_type = "SLICE"
 
     @staticmethod
     def _make_encoder(target: TranscodeTarget) -> av.VideoCodecContext:
@@ -174,14 +176,19 @@ class VideoTranscoder:
         graph.configure()
         return graph
 
-    def process(self, packet: av.Packet[Any] | None) -> Iterator[EncodedPacket]:
+    def process(self, packet: av.Packet[Any]) -> Iterator[EncodedPacket]:
         for frame in self._stream.codec_context.decode(packet):
             yield from self._filter(frame)
-        if packet is None:
-            yield from self._encode(None)
 
     def finish(self) -> Iterator[EncodedPacket]:
-        return self.process(None)
+        """The source's end: flush decoder, filters (the frame-rate filter holds the last
+        frame) and encoder."""
+        for frame in self._stream.codec_context.decode(None):
+            yield from self._filter(frame)
+        if self._graph is not None:
+            self._graph.push(None)
+            yield from self._pull_filtered()
+        yield from self._encode(None)
 
     def end_of_pass(self) -> Iterator[EncodedPacket]:
         """Decode what the decoder still holds, then make it ready for a new pass."""
@@ -196,6 +203,10 @@ class VideoTranscoder:
             check_transcode_size(frame.width, frame.height, self._spec)
             self._graph, self._graph_input = self._build_graph(frame), shape
         self._graph.push(frame)
+        yield from self._pull_filtered()
+
+    def _pull_filtered(self) -> Iterator[EncodedPacket]:
+        assert self._graph is not None
         while True:
             try:
                 filtered = self._graph.pull()
