@@ -53,16 +53,21 @@ def segment(source: Path, directory: Path) -> Path:
 
 def live_playlist(segments: list[str], durations: list[float], elapsed_s: float) -> str:
     """The playlist a live packager shows ``elapsed_s`` after it started: the newest
-    ``LIVE_WINDOW`` segments, no end tag."""
-    available = min(len(segments), LIVE_WINDOW + math.floor(elapsed_s / SEGMENT_S))
-    first = max(0, available - LIVE_WINDOW)
+    ``LIVE_WINDOW`` segments, no end tag. The segments repeat for ever, each repeat
+    marked as a discontinuity (its timestamps start over)."""
+    available = LIVE_WINDOW + math.floor(elapsed_s / SEGMENT_S)
+    first = available - LIVE_WINDOW
     lines = [
         "#EXTM3U",
         "#EXT-X-VERSION:3",
         f"#EXT-X-TARGETDURATION:{math.ceil(max(durations))}",
         f"#EXT-X-MEDIA-SEQUENCE:{first}",
+        f"#EXT-X-DISCONTINUITY-SEQUENCE:{first // len(segments)}",
     ]
-    for index in range(first, available):
+    for sequence in range(first, available):
+        index = sequence % len(segments)
+        if index == 0 and sequence > first:
+            lines.append("#EXT-X-DISCONTINUITY")
         lines += [f"#EXTINF:{durations[index]:.3f},", segments[index]]
     return "\n".join(lines) + "\n"
 
