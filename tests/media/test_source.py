@@ -129,6 +129,16 @@ def test_a_host_that_does_not_resolve_is_unreachable() -> None:
         )
 
 
+def test_a_dns_label_over_63_characters_is_one_clear_line() -> None:
+    url = f"http://{'a' * 64}.example.com/live.flv"
+
+    with pytest.raises(SourceError) as refused:
+        check_source_address(url, allow_private=False, trusted_prefixes=())
+
+    assert refused.value.detail.startswith("not a valid host name")
+    assert not refused.value.retryable
+
+
 def test_a_source_on_a_closed_port_is_unreachable() -> None:
     spec = PipelineSpec(
         url=f"http://127.0.0.1:{free_port()}/live.flv",

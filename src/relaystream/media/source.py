@@ -61,8 +61,14 @@ def check_source_address(
         raise SourceError("the URL has no host")
     try:
         infos = socket.getaddrinfo(host, None)
+    except UnicodeError:  # e.g. a DNS label over 63 characters
+        raise SourceError(f"not a valid host name: {host[:80]!r}") from None
     except OSError as exc:
-        raise SourceError(f"unreachable: cannot resolve host {host!r}") from exc
+        # A name that does not exist stays so; a resolver that failed may answer later.
+        temporary = isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN
+        raise SourceError(
+            f"unreachable: cannot resolve host {host!r}", retryable=temporary
+        ) from exc
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if not address.is_global:

@@ -22,6 +22,8 @@ from relaystream.media.spec import PipelineSpec
 from relaystream.media.wire import EncodedPacket, MessageKind
 
 KEYFRAME_INTERVAL_S = 2  # transcode: a viewer joining mid-stream waits at most this
+# A Bitrate above this is no cap at all (and would overflow x264's rate settings).
+MAX_BITRATE_KBPS = 1_000_000
 MAX_SOURCE_SIZE_FRAME_RATE = 30  # B-frame fallback: the room's own ceiling (SPEC FrameRate)
 
 
@@ -73,7 +75,10 @@ class TranscodeTarget:
     def from_spec(cls, spec: PipelineSpec) -> TranscodeTarget:
         if spec.video_width is None or spec.video_height is None:
             raise SourceError("transcoding video needs VideoWidth and VideoHeight")
-        return cls(spec.video_width, spec.video_height, spec.frame_rate, spec.bitrate_kbps)
+        bitrate_kbps = spec.bitrate_kbps
+        if bitrate_kbps is not None and bitrate_kbps > MAX_BITRATE_KBPS:
+            bitrate_kbps = None
+        return cls(spec.video_width, spec.video_height, spec.frame_rate, bitrate_kbps)
 
     @classmethod
     def like_source(cls, stream: av.VideoStream) -> TranscodeTarget:

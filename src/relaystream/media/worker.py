@@ -87,6 +87,12 @@ def run_worker(spec: PipelineSpec, output: WorkerOutput, control: PipelineContro
         return EXIT_SOURCE_ERROR
     except BrokenPipeError:
         return EXIT_OK  # the server went away mid-write: nobody left to tell
+    except Exception:
+        # A bug or a source that breaks the media library in a way nobody foresaw: the
+        # traceback goes to the server's log, the user gets one line.
+        logger.exception("media worker failed")
+        output.event(SourceFailed("the media worker failed on this source"))
+        return EXIT_SOURCE_ERROR
     if end is PipelineEnd.ENDED:
         output.event(SourceEnded())
     return EXIT_OK
