@@ -99,8 +99,36 @@ def test_garbage_before_any_media_is_corrupt_data_for_good(tmp_path: Path) -> No
     assert "Invalid data" not in failure.detail  # FFmpeg's words stay inside
 
 
-def test_a_dash_manifest_is_refused_clearly(server: str) -> None:
-    failure, _ = failure_of(f"{server}/live/manifest.mpd")
+def test_a_missing_dash_manifest_is_a_404(server: str) -> None:
+    failure, _ = failure_of(f"{server}/status/404/manifest.mpd")
 
     assert not failure.retryable
-    assert "DASH" in failure.detail
+    assert failure.detail.startswith("HTTP 404")
+
+
+def test_a_dash_manifest_over_the_size_cap_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "huge.mpd").write_bytes(b"<MPD>" + b" " * 1_100_000 + b"</MPD>")
+    with scripted_http_server({"huge.mpd": tmp_path / "huge.mpd"}) as base:
+        failure, _ = failure_of(f"{base}/live/huge.mpd?seconds=0.1")
+
+    assert not failure.retryable
+    assert failure.detail == "the DASH manifest is larger than 1000 kB"
+
+
+def test_a_dash_manifest_naming_a_private_host_is_refused_before_any_fetch(
+    tmp_path: Path,
+) -> None:
+    # The manifest itself is on a trusted prefix; its segments would come from a
+    # private address, which the policy refuses (a literal: nothing is resolved).
+    (tmp_path / "ssrf.mpd").write_text(
+        '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static">'
+        "<BaseURL>http://10.1.2.3/segments/</BaseURL></MPD>"
+    )
+    with scripted_http_server({"ssrf.mpd": tmp_path / "ssrf.mpd"}) as base:
+        url = f"{base}/live/ssrf.mpd?seconds=0.1"
+        spec = PipelineSpec(url=url, trusted_url_prefixes=(base,), open_timeout_s=2)
+        with pytest.raises(SourceError) as refused:
+            RelayPipeline(spec, lambda _: None, lambda _: None).run()
+
+    assert "non-public address" in refused.value.detail
+    assert not refused.value.retryable

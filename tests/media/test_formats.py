@@ -16,9 +16,10 @@ from relaystream.media.pipeline import RelayPipeline
 from relaystream.media.spec import MediaType, PipelineSpec, StreamMode
 from relaystream.media.testsrc import ClipSpec, make_test_clip
 from relaystream.media.wire import EncodedPacket, MessageKind
+from tests.support.bridged import dash_live_packager, make_dash_vod, srt_sender
 from tests.support.clips import remux
 from tests.support.hls import hls_server, segment
-from tests.support.net import static_http_server
+from tests.support.net import free_port, static_http_server
 from tests.support.rtmp import nginx_rtmp_server, rtmp_publisher
 
 CLIP_S = 6.0
@@ -31,6 +32,7 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     remux(mp4, root / "clip.flv", "flv")
     remux(mp4, root / "clip.ts", "mpegts")
     segment(root / "clip.ts", root / "hls")
+    make_dash_vod(mp4, root / "dash")
     return root
 
 
@@ -76,6 +78,7 @@ def opened_and_video(url: str, seconds: float) -> tuple[SourceOpened, list[Encod
         ("clip.flv", SourceKind.HTTP_FILE),
         ("clip.ts", SourceKind.HTTP_FILE),
         ("hls/index.m3u8", SourceKind.HLS),
+        ("dash/manifest.mpd", SourceKind.DASH),  # static: read through the ffmpeg CLI
     ],
 )
 def test_a_file_with_a_known_duration_is_vod(files: str, path: str, kind: SourceKind) -> None:
@@ -119,4 +122,25 @@ def test_rtmp_is_live(clip_dir: Path, tmp_path: Path) -> None:
                     time.sleep(0.3)
 
     assert opened.live is True
+    assert len(video) >= 30
+
+
+def test_a_dynamic_dash_manifest_is_live(clip_dir: Path, tmp_path: Path) -> None:
+    with (
+        dash_live_packager(clip_dir / "clip.mp4", tmp_path / "live"),
+        static_http_server(tmp_path) as base_url,
+    ):
+        opened, video = opened_and_video(f"{base_url}/live/manifest.mpd", 1.0)
+
+    assert opened.live is True and opened.duration_s is None
+    assert video[0].keyframe
+    assert len(video) >= 30
+
+
+def test_srt_is_live(clip_dir: Path) -> None:
+    with srt_sender(clip_dir / "clip.ts", free_port()) as url:
+        opened, video = opened_and_video(url, 1.0)
+
+    assert opened.live is True
+    assert video[0].keyframe
     assert len(video) >= 30

@@ -36,6 +36,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ("http://cdn.example.com/live.flv", "http"),
         ("https://cdn.example.com/live/index.m3u8", "https"),
         ("rtsp://camera.example.com/main", "rtsp"),
+        ("srt://ingest.example.com:9000?streamid=x", "srt"),  # through the ffmpeg CLI
         ("HTTP://CDN.EXAMPLE.COM/LIVE.FLV", "http"),
         ("Rtmp://live.example.com/app/stream", "rtmp"),
     ],
@@ -49,8 +50,6 @@ def test_streaming_schemes_are_accepted(url: str, scheme: str) -> None:
     [
         ("file:///etc/passwd", "'file'"),
         ("ftp://files.example.com/video.mp4", "'ftp'"),
-        # The bundled FFmpeg cannot read SRT: refused up front, never failing later.
-        ("srt://ingest.example.com:9000?streamid=x", "'srt'"),
         ("data:video/mp4;base64,AAAA", "'data'"),
         ("concat:http://a.example.com/1.ts|http://a.example.com/2.ts", "'concat'"),
         ("/var/lib/relaystream/secret.mp4", "'(none)'"),

@@ -21,7 +21,7 @@ CHUNK_BYTES = 4096
 def scripted_http_server(files: dict[str, Path] | None = None) -> Iterator[str]:
     """An HTTP server on 127.0.0.1; yields its base URL.
 
-    - ``/status/{code}``: answers that status with an empty body;
+    - ``/status/{code}[/{name}]``: answers that status with an empty body;
     - ``/live/{name}``: streams ``files[name]`` with no length, paced over the file's
       ``?seconds=`` (a live body that then ends, as an encoder that stopped would).
     """
@@ -49,6 +49,7 @@ def scripted_http_server(files: dict[str, Path] | None = None) -> Iterator[str]:
     async def start() -> None:
         app = web.Application()
         app.router.add_get("/status/{code}", status)
+        app.router.add_get("/status/{code}/{name}", status)  # a name with an extension
         app.router.add_get("/live/{name}", live)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

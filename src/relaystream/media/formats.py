@@ -32,6 +32,11 @@ class SourceKind(StrEnum):
     SRT = "srt"
 
 
+# Read by Debian's ffmpeg CLI (bridge.py): the bundled FFmpeg has no SRT protocol and
+# no DASH demuxer.
+BRIDGED_KINDS = frozenset({SourceKind.DASH, SourceKind.SRT})
+
+
 def source_kind(url: str) -> SourceKind:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()

@@ -24,7 +24,9 @@ import av.container
 import av.stream
 
 from relaystream.media.audio import AudioToOpus, OpusPassthrough
+from relaystream.media.bridge import CliBridge
 from relaystream.media.control import PipelineControl
+from relaystream.media.dash import DashManifest, fetch_manifest
 from relaystream.media.events import (
     AudioInput,
     SourceOpened,
@@ -35,8 +37,8 @@ from relaystream.media.events import (
     WorkerEvent,
 )
 from relaystream.media.failures import SourceError, classify
-from relaystream.media.formats import SourceKind, duration_s, is_live, source_kind
-from relaystream.media.source import open_source
+from relaystream.media.formats import BRIDGED_KINDS, SourceKind, duration_s, is_live, source_kind
+from relaystream.media.source import check_scheme, check_source_address, open_source
 from relaystream.media.spec import MediaType, PipelineSpec, StreamMode
 from relaystream.media.timeline import Timeline
 from relaystream.media.video import (
@@ -217,15 +219,21 @@ class RelayPipeline:
         self._kind = source_kind(spec.url)
         self._video: VideoProcessor | None = None
         self._audio: AudioProcessor | None = None
+        self._bridge: CliBridge | None = None
+        self._manifest: DashManifest | None = None
+        # Where in the source the current open started (a bridged source's own seek).
+        self._position_base_s = 0.0
 
     def run(self) -> PipelineEnd:
-        container = open_source(self._spec)
+        self._check_bridged_source()
+        bridged = self._kind in BRIDGED_KINDS
+        container = self._open(self._spec.start_position_s if bridged else 0.0)
         try:
             tracks = select_tracks(container, self._spec.media_type)
             self._video, video_output = self._video_processor(tracks.video)
             self._audio = self._audio_processor(tracks.audio)
-            live = is_live(container, self._kind)
-            if self._spec.start_position_s > 0 and not live:
+            live, total_s = self._liveness(container)
+            if self._spec.start_position_s > 0 and not live and not bridged:
                 container, tracks = self._seek_or_reopen(
                     container, tracks, self._spec.start_position_s
                 )
@@ -236,13 +244,15 @@ class RelayPipeline:
                     audio=audio_input,
                     video_output=video_output,
                     live=live,
-                    duration_s=None if live else duration_s(container),
+                    duration_s=total_s,
                 )
             )
             while True:
                 read_any = self._relay_pass(container, tracks)
                 if self._control.stopped:
                     return PipelineEnd.STOPPED
+                if self._bridge is not None and not self._bridge.ended_cleanly():
+                    raise self._bridge.failure()
                 if live:
                     raise SourceError("the live source ended", retryable=True)
                 if not (self._spec.loop and read_any):
@@ -256,6 +266,47 @@ class RelayPipeline:
             return PipelineEnd.ENDED
         finally:
             container.close()
+            if self._bridge is not None:
+                self._bridge.close()
+
+    def _check_bridged_source(self) -> None:
+        """What the CLI will fetch must pass the address policy before it runs."""
+        if self._kind not in BRIDGED_KINDS:
+            return
+        check_scheme(self._spec.url)
+
+        def check_url(url: str) -> None:
+            check_source_address(
+                url,
+                allow_private=self._spec.allow_private_sources,
+                trusted_prefixes=self._spec.trusted_url_prefixes,
+            )
+
+        check_url(self._spec.url)
+        if self._kind is SourceKind.DASH:
+            self._manifest = fetch_manifest(
+                self._spec.url,
+                timeout_s=self._spec.open_timeout_s,
+                verify_tls=self._spec.tls_verify,
+                check_url=check_url,
+            )
+
+    def _open(self, position_s: float) -> av.container.InputContainer:
+        """Open the source; a bridged one starts at ``position_s`` (a pipe cannot seek)."""
+        if self._kind not in BRIDGED_KINDS:
+            return open_source(self._spec)
+        if self._bridge is not None:
+            self._bridge.close()
+        self._bridge = CliBridge(self._spec, self._kind, position_s)
+        self._position_base_s = position_s
+        return self._bridge.open()
+
+    def _liveness(self, container: av.container.InputContainer) -> tuple[bool, float | None]:
+        """(live, duration in s); a bridged pipe knows neither, its manifest does."""
+        if self._manifest is not None:
+            return self._manifest.live, self._manifest.duration_s
+        live = is_live(container, self._kind)
+        return live, None if live else duration_s(container)
 
     def _relay_pass(self, container: av.container.InputContainer, tracks: SelectedTracks) -> bool:
         """Relay packets until the source's end or a stop; True if any packet was read."""
@@ -277,6 +328,8 @@ class RelayPipeline:
         except (av.error.FFmpegError, OSError) as exc:
             if self._control.stopped:
                 return read_any
+            if self._bridge is not None:
+                raise self._bridge.failure() from exc
             raise self._mid_stream_failure(exc) from exc
         return read_any
 
@@ -295,7 +348,7 @@ class RelayPipeline:
             packet.pts += shift
         if packet.dts is not None:
             packet.dts += shift
-        self._position_s = max(0.0, source_s - start_s)
+        self._position_s = max(0.0, self._position_base_s + source_s - start_s)
         self._flowed = True
         tracks.stats.setdefault(name, TrackStats()).count(packet, output_s)
         self._pacer.wait_for(output_s)
@@ -326,20 +379,23 @@ class RelayPipeline:
         self, container: av.container.InputContainer, tracks: SelectedTracks, position_s: float
     ) -> tuple[av.container.InputContainer, SelectedTracks]:
         """Move a VOD to ``position_s``: a seek if the source allows, else a new open."""
-        start_us = container.start_time or 0
-        try:
-            container.seek(start_us + round(position_s * 1_000_000), backward=True, any_frame=False)
-            return container, tracks
-        except (av.error.FFmpegError, OSError):
-            container.close()
-        container = open_source(self._spec)
+        if self._bridge is None:
+            start_us = container.start_time or 0
+            try:
+                target_us = start_us + round(position_s * 1_000_000)
+                container.seek(target_us, backward=True, any_frame=False)
+                return container, tracks
+            except (av.error.FFmpegError, OSError):
+                pass
+        container.close()
+        container = self._open(position_s)
         fresh = select_tracks(container, self._spec.media_type)
         fresh.stats = tracks.stats
         if fresh.video is not None and self._video is not None:
             self._video.attach(fresh.video)
         if fresh.audio is not None and self._audio is not None:
             self._audio.attach(fresh.audio)
-        if position_s > 0:
+        if position_s > 0 and self._bridge is None:
             # A source that cannot seek is read from its start up to the position.
             self._skip_to(container, fresh, position_s)
         return container, fresh

@@ -13,7 +13,7 @@ import av
 import av.container
 
 from relaystream.media.failures import SourceError, classify, ffmpeg_error_log
-from relaystream.media.formats import SourceKind, open_options, source_kind
+from relaystream.media.formats import open_options, source_kind
 from relaystream.media.spec import PipelineSpec
 
 __all__ = [
@@ -24,9 +24,8 @@ __all__ = [
     "open_source",
 ]
 
-# SRT is left out until it can be read: the bundled FFmpeg has no SRT protocol, and a
-# scheme accepted at the API must not fail at run time.
-ALLOWED_SCHEMES = frozenset({"rtmp", "rtmps", "http", "https", "rtsp"})
+# SRT is read through Debian's ffmpeg CLI (bridge.py): the bundled FFmpeg has none.
+ALLOWED_SCHEMES = frozenset({"rtmp", "rtmps", "http", "https", "rtsp", "srt"})
 
 
 def _split(url: str) -> SplitResult:
@@ -85,8 +84,6 @@ def open_source(spec: PipelineSpec) -> av.container.InputContainer:
         trusted_prefixes=spec.trusted_url_prefixes,
     )
     kind = source_kind(spec.url)
-    if kind is SourceKind.DASH:
-        raise SourceError("unsupported format: DASH manifests cannot be read yet")
     try:
         with ffmpeg_error_log():
             return av.open(
