@@ -17,6 +17,7 @@ from relaystream.media.pipeline import PipelineEnd, RelayPipeline
 from relaystream.media.spec import PipelineSpec, StreamMode
 from relaystream.media.testsrc import ClipSpec, make_test_clip
 from relaystream.media.wire import EncodedPacket, MessageKind
+from tests.support.bridged import make_dash_vod
 from tests.support.net import static_http_server
 
 CLIP_S = 2.0
@@ -52,6 +53,7 @@ def vod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         root / "long.mp4",
         ClipSpec(duration_s=4.0, width=160, height=90, frame_rate=FPS, keyframe_interval_s=0.5),
     )
+    make_dash_vod(root / "clip.mp4", root / "dash")
     with static_http_server(root) as base_url:
         yield base_url
 
@@ -75,18 +77,20 @@ def run_for(spec: PipelineSpec, seconds: float) -> tuple[Recorded, PipelineEnd]:
 
 
 @pytest.mark.parametrize(
-    "mode",
+    ("path", "mode"),
     [
-        {"stream_mode": StreamMode.REMUX},
-        {"stream_mode": StreamMode.TRANSCODE, "video_width": 160, "video_height": 90},
+        ("clip.mp4", {"stream_mode": StreamMode.REMUX}),
+        ("clip.mp4", {"stream_mode": StreamMode.TRANSCODE, "video_width": 160, "video_height": 90}),
+        # Read through the ffmpeg CLI, which loops it by itself.
+        ("dash/manifest.mpd", {"stream_mode": StreamMode.REMUX}),
     ],
-    ids=["remux", "transcode"],
+    ids=["remux", "transcode", "dash"],
 )
 def test_a_looping_vod_keeps_playing_with_rising_pts_and_no_gap(
-    vod: str, mode: dict[str, object]
+    vod: str, path: str, mode: dict[str, object]
 ) -> None:
     spec = PipelineSpec(
-        url=f"{vod}/clip.mp4",
+        url=f"{vod}/{path}",
         loop=True,
         allow_private_sources=True,
         frame_rate=FPS,

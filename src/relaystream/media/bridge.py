@@ -6,7 +6,7 @@ started it (util-linux ``setpriv --pdeathsig``), so a worker killed for any reas
 nothing behind; without setpriv, it still ends at its next write to the closed pipe.
 
 A pipe cannot seek: a VOD starts at a position with the CLI's own input seek (``-ss``),
-and a loop starts the CLI again.
+and loops with the CLI's own ``-stream_loop`` (continuous timestamps, no restart gap).
 """
 
 from __future__ import annotations
@@ -59,15 +59,20 @@ def _protocol_options(spec: PipelineSpec, kind: SourceKind) -> list[str]:
 class CliBridge:
     """One run of the ffmpeg CLI feeding one PyAV container."""
 
-    def __init__(self, spec: PipelineSpec, kind: SourceKind, start_position_s: float) -> None:
+    def __init__(
+        self, spec: PipelineSpec, kind: SourceKind, start_position_s: float, *, loop: bool
+    ) -> None:
         self._spec = spec
         self._kind = kind
         self.start_position_s = start_position_s
+        self.loop = loop
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: deque[str] = deque(maxlen=_STDERR_LINES)
 
     def command(self) -> list[str]:
         seek = ["-ss", f"{self.start_position_s:.3f}"] if self.start_position_s > 0 else []
+        if self.loop:
+            seek += ["-stream_loop", "-1"]
         die_with_worker = [SETPRIV, "--pdeathsig", "KILL"] if SETPRIV else []
         return [
             *die_with_worker,

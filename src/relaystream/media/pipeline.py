@@ -297,7 +297,9 @@ class RelayPipeline:
             return open_source(self._spec)
         if self._bridge is not None:
             self._bridge.close()
-        self._bridge = CliBridge(self._spec, self._kind, position_s)
+        manifest = self._manifest
+        loops_itself = self._spec.loop and manifest is not None and not manifest.live
+        self._bridge = CliBridge(self._spec, self._kind, position_s, loop=loops_itself)
         self._position_base_s = position_s
         return self._bridge.open()
 
@@ -348,7 +350,13 @@ class RelayPipeline:
             packet.pts += shift
         if packet.dts is not None:
             packet.dts += shift
-        self._position_s = max(0.0, self._position_base_s + source_s - start_s)
+        position_s = max(0.0, self._position_base_s + source_s - start_s)
+        total_s = self._manifest.duration_s if self._manifest is not None else None
+        if self._bridge is not None and self._bridge.loop and total_s:
+            # The CLI loops by itself: the pass and the position come from the time read.
+            passes, position_s = divmod(position_s, total_s)
+            self._loops = int(passes)
+        self._position_s = position_s
         self._flowed = True
         tracks.stats.setdefault(name, TrackStats()).count(packet, output_s)
         self._pacer.wait_for(output_s)
