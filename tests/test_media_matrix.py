@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from relaystream.media.testsrc import ClipSpec, make_test_clip
+from tests.support.bridged import dash_live_packager, make_dash_vod, srt_sender
 from tests.support.clips import remux, with_timestamp_jumps
 from tests.support.hls import hls_server, segment
-from tests.support.net import static_http_server
+from tests.support.net import free_port, static_http_server
 from tests.support.rtmp import nginx_rtmp_server, rtmp_publisher
 from tests.support.sdk import RtcService, VolcengineError
 from tests.support.server import ACCESS_KEY_ID, APP_ID, SECRET_ACCESS_KEY, RelayServer
@@ -58,7 +59,7 @@ class Case:
 
 def _format_cases() -> dict[str, Case]:
     cases = {}
-    for source in ("mp4", "flv", "ts", "hls-vod", "hls-live", "rtmp"):
+    for source in ("mp4", "flv", "ts", "hls-vod", "hls-live", "dash-vod", "dash-live", "rtmp"):
         cases[f"{source}-remux"] = Case(source, REMUX)
         cases[f"{source}-transcode"] = Case(source, TRANSCODE, ASKED_SIZE, ASKED_FPS)
     return cases
@@ -70,6 +71,7 @@ CASES: dict[str, Case] = {
     "video-only": Case("ts", {**REMUX, "MediaType": 2}, audio=False),
     "hevc-transcode": Case("hevc", TRANSCODE, ASKED_SIZE, ASKED_FPS),
     "bframes-remux": Case("bframes", REMUX),
+    "srt-remux": Case("srt", REMUX),
 }
 
 
@@ -98,6 +100,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sources]:
     remux(mp4, root / "clip.flv", "flv")
     remux(mp4, root / "clip.ts", "mpegts")
     segment(root / "clip.ts", root / "hls")
+    make_dash_vod(mp4, root / "dash")
     make_test_clip(root / "hevc.ts", replace(clip, video_codec="libx265"))
     make_test_clip(root / "bframes.mp4", replace(clip, b_frames=2))
     short = make_test_clip(root / "short.mp4", replace(clip, duration_s=JUMPS_CLIP_S))
@@ -108,6 +111,8 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sources]:
         hls_server(root / "hls" / "index.m3u8") as hls,
         nginx_rtmp_server(root / "nginx") as rtmp_base,
         rtmp_publisher(root / "clip.flv", f"{rtmp_base}/camera"),
+        dash_live_packager(mp4, root / "dash-live"),
+        srt_sender(root / "clip.ts", free_port()) as srt_url,
     ):
         yield Sources(
             urls={
@@ -117,6 +122,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sources]:
                 "hls-vod": f"{hls}/vod/index.m3u8",
                 "hls-live": f"{hls}/live/index.m3u8",
                 "rtmp": f"{rtmp_base}/camera",
+                "dash-vod": f"{files}/dash/manifest.mpd",
+                "dash-live": f"{files}/dash-live/manifest.mpd",
+                "srt": srt_url,
                 "hevc": f"{files}/hevc.ts",
                 "bframes": f"{files}/bframes.mp4",
                 "jumps": f"{files}/jumps.ts",

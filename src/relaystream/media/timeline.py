@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 # A packet further than this from where its track's previous packet ended is a
 # discontinuity. Forward gaps shorter than this are kept (a real gap in a live stream
-# the pacer plays as it came); anything backwards beyond decode-order jitter is a jump.
+# the pacer plays as it came). Decode time never goes back in a sane stream, so any
+# step back beyond rounding is a jump: output must stay monotonic for the viewer.
 FORWARD_JUMP_S = 1.0
-BACKWARD_JUMP_S = 0.2
+BACKWARD_JUMP_S = 0.001
 # When a packet does not say how long it lasts.
 DEFAULT_DURATION_S = 0.02
 
@@ -55,7 +56,8 @@ class Timeline:
         elif clock.end_s is not None and clock.last_source_s is not None:
             expected_s = clock.end_s - clock.offset_s
             gap_s = source_s - expected_s
-            if gap_s > FORWARD_JUMP_S or gap_s < -BACKWARD_JUMP_S:
+            went_back = source_s < clock.last_source_s - BACKWARD_JUMP_S
+            if gap_s > FORWARD_JUMP_S or went_back:
                 self.discontinuities += 1
                 clock.offset_s = clock.end_s - source_s
         output_s = source_s + clock.offset_s
