@@ -27,27 +27,33 @@ class SourceError(Exception):
         self.retryable = retryable
 
 
-@contextmanager
-def ffmpeg_error_log() -> Iterator[None]:
-    """Let FFmpeg's error lines reach the exceptions PyAV raises (``exc.log``).
+LogLine = tuple[int, str, str]  # (level, FFmpeg component, message), as PyAV gives them
 
-    Only around opening a source: PyAV's log callback takes the GIL from FFmpeg's own
-    threads, which is safe while no decoder or encoder threads run, not during relay.
+
+@contextmanager
+def ffmpeg_error_log() -> Iterator[list[LogLine]]:
+    """Collect FFmpeg's error lines while opening a source, to say why it failed.
+
+    Only around opening: PyAV's log callback takes the GIL from FFmpeg's own threads,
+    which is safe while no decoder or encoder threads run, not during relay.
     """
     previous = av.logging.get_level()
     av.logging.set_level(av.logging.ERROR)
     try:
-        yield
+        with av.logging.Capture() as lines:
+            yield lines
     finally:
         av.logging.set_level(previous)
 
 
-def _ffmpeg_log_line(exc: BaseException) -> tuple[str, str]:
-    """(FFmpeg component, message) of the error line PyAV attached, or empty strings."""
-    log = getattr(exc, "log", None)
-    if isinstance(log, tuple) and len(log) == 3:
-        return str(log[1]), str(log[2]).strip()
-    return "", ""
+def _tls_failure(lines: list[LogLine]) -> SourceError | None:
+    for _, component, message in lines:
+        if component != "tls":
+            continue
+        if "verif" in message.lower() or "certificate" in message.lower():
+            return SourceError("TLS: the source's certificate could not be verified")
+        return SourceError("TLS: the secure connection to the source failed", retryable=True)
+    return None
 
 
 def _http_failure(exc: av.error.FFmpegError) -> SourceError | None:
@@ -69,11 +75,18 @@ def _http_failure(exc: av.error.FFmpegError) -> SourceError | None:
     return None
 
 
-def classify(exc: BaseException, *, timeout_s: float, media_flowed_s: float | None) -> SourceError:
+def classify(
+    exc: BaseException,
+    *,
+    timeout_s: float,
+    media_flowed_s: float | None,
+    log_lines: list[LogLine] | None = None,
+) -> SourceError:
     """Translate an error from opening or reading a source.
 
     ``media_flowed_s``: the source position reached, or None if no media flowed yet;
-    corrupt data after good media is reported with where it happened.
+    corrupt data after good media is reported with where it happened. ``log_lines``:
+    FFmpeg's error lines meanwhile (ffmpeg_error_log), which say more than its codes.
     """
     if isinstance(exc, SourceError):
         return exc
@@ -81,11 +94,9 @@ def classify(exc: BaseException, *, timeout_s: float, media_flowed_s: float | No
         http = _http_failure(exc)
         if http is not None:
             return http
-    component, message = _ffmpeg_log_line(exc)
-    if component == "tls":
-        if "verif" in message.lower() or "certificate" in message.lower():
-            return SourceError("TLS: the source's certificate could not be verified")
-        return SourceError("TLS: the secure connection to the source failed", retryable=True)
+    tls = _tls_failure(log_lines or [])
+    if tls is not None:
+        return tls
     if isinstance(exc, ConnectionRefusedError):
         return SourceError("unreachable: the source server refused the connection", retryable=True)
     if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):

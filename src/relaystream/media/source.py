@@ -84,10 +84,12 @@ def open_source(spec: PipelineSpec) -> av.container.InputContainer:
         trusted_prefixes=spec.trusted_url_prefixes,
     )
     kind = source_kind(spec.url)
-    try:
-        with ffmpeg_error_log():
+    with ffmpeg_error_log() as log_lines:
+        try:
             return av.open(
                 spec.url, mode="r", options=open_options(spec, kind), timeout=spec.open_timeout_s
             )
-    except Exception as exc:
-        raise classify(exc, timeout_s=spec.open_timeout_s, media_flowed_s=None) from exc
+        except Exception as exc:
+            raise classify(
+                exc, timeout_s=spec.open_timeout_s, media_flowed_s=None, log_lines=log_lines
+            ) from exc
