@@ -3,6 +3,7 @@ real servers on 127.0.0.1 that refuse, answer 404 or 503, stall, or end a live b
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ from relaystream.media.pipeline import RelayPipeline
 from relaystream.media.spec import PipelineSpec, StreamMode
 from relaystream.media.testsrc import ClipSpec, make_test_clip
 from tests.support.clips import remux
-from tests.support.net import free_port
+from tests.support.hls import segment
+from tests.support.net import free_port, static_http_server
 from tests.support.sources import scripted_http_server, silent_tcp_server
 
 
@@ -132,3 +134,52 @@ def test_a_dash_manifest_naming_a_private_host_is_refused_before_any_fetch(
 
     assert "non-public address" in refused.value.detail
     assert not refused.value.retryable
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "flv"])
+def test_a_vod_cut_short_is_corrupt_data_at_the_position_it_stopped(
+    tmp_path: Path, suffix: str
+) -> None:
+    clip = make_test_clip(tmp_path / "clip.mp4", ClipSpec(duration_s=4.0, width=160, height=90))
+    whole = tmp_path / f"whole.{suffix}"
+    # The index (MP4 moov up front, FLV metadata) announces 4 s; half the bytes follow.
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            str(clip),
+            "-c",
+            "copy",
+            "-movflags",
+            "+faststart",
+            str(whole),
+        ],
+        check=True,
+    )
+    data = whole.read_bytes()
+    (tmp_path / f"cut.{suffix}").write_bytes(data[: len(data) // 2])
+    with static_http_server(tmp_path) as base:
+        failure, events = failure_of(f"{base}/cut.{suffix}")
+
+    assert isinstance(events[0], SourceOpened)
+    # Where it broke, in the source's time: "corrupt data at 2.0 s ...".
+    assert failure.detail.startswith("corrupt data at ")
+    position_s = float(failure.detail.split()[3])
+    assert 1.0 < position_s < 3.0
+    assert not failure.retryable
+
+
+def test_an_hls_vod_whose_last_segments_are_gone_says_where_it_stopped(tmp_path: Path) -> None:
+    clip = make_test_clip(tmp_path / "clip.ts", ClipSpec(duration_s=6.0, width=160, height=90))
+    playlist = segment(clip, tmp_path / "hls")
+    for gone in sorted(playlist.parent.glob("seg*.ts"))[3:]:
+        gone.unlink()
+    with static_http_server(tmp_path) as base:
+        failure, _ = failure_of(f"{base}/hls/index.m3u8")
+
+    assert failure.detail.startswith("corrupt data at ")
+    assert failure.detail.endswith("the source ended before its announced 6.0 s")
+    assert 2.0 < float(failure.detail.split()[3]) < 4.0

@@ -50,6 +50,8 @@ from relaystream.media.video import (
 from relaystream.media.wire import EncodedPacket
 
 STATS_INTERVAL_S = 2.0
+# A VOD ending this much before its announced duration was truncated.
+TRUNCATION_SLACK_S = 1.0
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 PacketSink = Callable[[EncodedPacket], None]
@@ -255,6 +257,7 @@ class RelayPipeline:
                     raise self._bridge.failure()
                 if live:
                     raise SourceError("the live source ended", retryable=True)
+                self._check_complete(total_s)
                 if not (self._spec.loop and read_any):
                     break
                 self._flush(lambda p: p.end_of_pass())
@@ -268,6 +271,19 @@ class RelayPipeline:
             container.close()
             if self._bridge is not None:
                 self._bridge.close()
+
+    def _check_complete(self, total_s: float | None) -> None:
+        """A VOD that ends well before its announced duration was cut short: say where.
+
+        A source whose clock jumped cannot be measured this way, and is let be.
+        """
+        if total_s is None or not self._flowed or self._timeline.discontinuities:
+            return
+        if self._position_s < total_s - TRUNCATION_SLACK_S:
+            raise SourceError(
+                f"corrupt data at {self._position_s:.1f} s: the source ended before "
+                f"its announced {total_s:.1f} s"
+            )
 
     def _check_bridged_source(self) -> None:
         """What the CLI will fetch must pass the address policy before it runs."""
