@@ -75,7 +75,11 @@ class AudioToOpus:
             wanted = max(0, round(media_time_s * OPUS_RATE))
             self._next_pts = max(self._next_pts or 0, wanted)
             self._resync = False
-        for frame in self._stream.codec_context.decode(packet):
+        try:
+            frames = self._stream.codec_context.decode(packet)
+        except av.error.InvalidDataError:
+            frames = []  # a damaged packet is a moment of silence, not the end
+        for frame in frames:
             for resampled in self._resampler.resample(frame):
                 yield from self._encode(resampled)
         if packet is None:  # end of stream: flush the resampler, then the encoder

@@ -225,6 +225,7 @@ class RelayPipeline:
         self._manifest: DashManifest | None = None
         # Where in the source the current open started (a bridged source's own seek).
         self._position_base_s = 0.0
+        self._live = True
 
     def run(self) -> PipelineEnd:
         self._check_bridged_source()
@@ -235,6 +236,7 @@ class RelayPipeline:
             self._video, video_output = self._video_processor(tracks.video)
             self._audio = self._audio_processor(tracks.audio)
             live, total_s = self._liveness(container)
+            self._live = live
             if self._spec.start_position_s > 0 and not live and not bridged:
                 container, tracks = self._seek_or_reopen(
                     container, tracks, self._spec.start_position_s
@@ -394,7 +396,7 @@ class RelayPipeline:
             timeout_s=self._spec.open_timeout_s,
             media_flowed_s=self._position_s if self._flowed else None,
         )
-        if self._kind in {SourceKind.RTMP, SourceKind.SRT, SourceKind.RTSP} and self._flowed:
+        if self._live and self._flowed:
             # A live stream that breaks off after playing is a drop, worth reconnecting.
             return SourceError(failure.detail, retryable=True)
         return failure

@@ -182,7 +182,13 @@ class VideoTranscoder:
         return graph
 
     def process(self, packet: av.Packet[Any]) -> Iterator[EncodedPacket]:
-        for frame in self._stream.codec_context.decode(packet):
+        try:
+            frames = self._stream.codec_context.decode(packet)
+        except av.error.InvalidDataError:
+            # One damaged packet costs a frame or a few, not the relay; the decoder
+            # recovers at the next keyframe.
+            return
+        for frame in frames:
             yield from self._filter(frame)
 
     def finish(self) -> Iterator[EncodedPacket]:
