@@ -10,6 +10,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -17,6 +18,7 @@ from relaystream.client import RelayStreamClient, RelayStreamError
 from relaystream.config import Config, ConfigError, demo_config, load_config
 from relaystream.rtc.token import Privilege, generate_token
 from relaystream.server import DEMO_CLIP_NAME, ServerSettings, build_app
+from relaystream.startup import StartupError
 
 _PRIVILEGES = {
     "publish": Privilege.PUBLISH_STREAM,
@@ -129,6 +131,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(_demo_banner(settings, demo_created), flush=True)
     try:
         web.run_app(build_app(settings), host=args.host, port=args.port, print=None)
+    except StartupError as exc:
+        print(f"relaystream serve: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # typically: the port is taken
         print(
             f"relaystream serve: cannot listen on {args.host}:{args.port}: {exc.strerror}",
@@ -169,7 +174,11 @@ def _demo_banner(settings: ServerSettings, created: bool) -> str:
         "TaskId": "demo-task",
         "UserId": relay_user,
         "Token": publish_token,
-        "Control": {"StreamUrl": settings.demo_url_prefix + DEMO_CLIP_NAME, "StreamMode": 1},
+        "Control": {
+            "StreamUrl": settings.demo_url_prefix + DEMO_CLIP_NAME,
+            "StreamMode": 1,
+            "Loop": True,
+        },
     }
     stop_body = {"AppId": app.app_id, "RoomId": room, "TaskId": "demo-task"}
     command = _self_command()
@@ -193,7 +202,12 @@ Relay the built-in test stream into room "{room}" (in another shell):
   {command} api GetRelayStream {shlex.quote(json.dumps(stop_body))}
   {command} api StopRelayStream {shlex.quote(json.dumps(stop_body))}
 
-Watch it with any WHEP player:
+Watch it in the room page (the token rides in the URL fragment, never to the server):
+  {settings.base_url}/rooms/{app.app_id}/{room}#token={quote(subscribe_token, safe="")}
+or with any WHEP player:
   WHEP URL      {settings.base_url}/whep/{app.app_id}/{room}/{relay_user}
   Bearer token  {subscribe_token}
+
+Run relays from the console (sign in with the keys above):
+  {settings.base_url}/console
 """

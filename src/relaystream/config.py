@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from relaystream.netpolicy import literal_address
+
 DEMO_ACCOUNT_FILE = "demo-account.toml"
 APP_ID_LENGTH = 24
 
@@ -38,6 +40,8 @@ class AppConfig(_Strict):
     callback_url: str | None = None
     callback_secret: Annotated[str | None, Field(repr=False)] = None
     qps_limit: Annotated[int, Field(gt=0)] = 150
+    # Running tasks of this AppId on one node; [tasks] max_running_per_app when unset.
+    max_running_tasks: Annotated[int | None, Field(gt=0)] = None
     # https and rtmps sources must present a certificate the system trusts; an app that
     # pulls from servers with self-signed certificates may turn this off.
     tls_verify: bool = True
@@ -45,6 +49,17 @@ class AppConfig(_Strict):
 
 class SourcesConfig(_Strict):
     allow_private: bool = False
+    # URL prefixes allowed whatever address they reach (an internal CDN, a test origin).
+    trusted_url_prefixes: tuple[str, ...] = ()
+    # Host names pinned to fixed addresses, allowed even when private (split horizon).
+    hosts: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _hosts_are_addresses(self) -> SourcesConfig:
+        for name, address in self.hosts.items():
+            if literal_address(address) is None:
+                raise ValueError(f"hosts.{name}: {address!r} is not an IP address")
+        return self
 
 
 class MediaConfig(_Strict):
@@ -60,6 +75,12 @@ class MediaConfig(_Strict):
 
 class TasksConfig(_Strict):
     lifetime_s: Annotated[int, Field(gt=0)] = 72 * 3600
+    # Ended tasks are kept this long (List and Get still show them), then purged.
+    retention_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600
+    purge_interval_s: Annotated[float, Field(gt=0)] = 3600
+    # Tasks holding a media worker (scheduled ones do not count), on one node.
+    max_running_per_node: Annotated[int, Field(gt=0)] = 64
+    max_running_per_app: Annotated[int, Field(gt=0)] = 64
 
 
 class RtcConfig(_Strict):
@@ -108,6 +129,12 @@ class Config(_Strict):
         app = self.app(app_id)
         return app.app_key if app else None
 
+    def max_running_for(self, app_id: str) -> int:
+        app = self.app(app_id)
+        if app is not None and app.max_running_tasks is not None:
+            return app.max_running_tasks
+        return self.tasks.max_running_per_app
+
 
 def parse_config(data: dict[str, Any], origin: str) -> Config:
     try:
@@ -152,7 +179,10 @@ def demo_config(data_dir: Path) -> tuple[Config, bool]:
         f'app_id = "{app_id}"\n'
         f'app_key = "{secrets.token_hex(16)}"\n'
     )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(text)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the demo account {path}: {exc.strerror}") from None
     return load_config(path), True

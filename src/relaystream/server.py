@@ -1,26 +1,37 @@
-"""Assembles one relaystream node: store, rooms, supervisor, API, WHEP, demo stream."""
+"""Assembles one relaystream node: store, rooms, supervisor, API, WHEP/WHIP, pages, demo."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
+from relaystream.api.access_log import RedactingAccessLogger
 from relaystream.api.actions import Actions
 from relaystream.api.app import OpenApiEndpoint
+from relaystream.api.parser_errors import answer_parser_errors_with_envelopes
 from relaystream.config import Config
+from relaystream.media.source import ALLOW_PRIVATE_SETTING
 from relaystream.media.testsrc import ClipSpec, make_test_clip
+from relaystream.netpolicy import AddressPolicy
 from relaystream.rtc.ice import use_ice_addresses
 from relaystream.rtc.publisher import EmbeddedRoomConnector
 from relaystream.rtc.room import RoomRegistry
+from relaystream.rtc.signaling import cors
 from relaystream.rtc.whep import WhepEndpoint
-from relaystream.store.sqlite import SqliteTaskStore
-from relaystream.tasks.runner import SourcePolicy
+from relaystream.rtc.whip import WhipEndpoint
+from relaystream.startup import open_task_store, prepare_data_dir
+from relaystream.tasks.limits import RunningSlots
+from relaystream.tasks.retention import RetentionJob
+from relaystream.tasks.runner import RunSettings, SourcePolicy
 from relaystream.tasks.service import TaskService
 from relaystream.tasks.supervisor import TaskSupervisor
+from relaystream.web.pages import WebPages
+from relaystream.web.room_events import RoomEventStreams
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +70,48 @@ def ensure_demo_clip(data_dir: Path) -> Path:
 async def build_app(settings: ServerSettings) -> web.Application:
     config = settings.config
     use_ice_addresses(config.rtc.ice_addresses)
-    store = await SqliteTaskStore.open(settings.data_dir / "relaystream.db")
+    prepare_data_dir(settings.data_dir)
+    store = await open_task_store(settings.data_dir)
     rooms = RoomRegistry()
     policy = SourcePolicy(
         allow_private=config.sources.allow_private,
-        trusted_url_prefixes=(settings.demo_url_prefix,),
+        trusted_url_prefixes=(settings.demo_url_prefix, *config.sources.trusted_url_prefixes),
+        hosts=dict(config.sources.hosts),
     )
-    supervisor = TaskSupervisor(store, EmbeddedRoomConnector(rooms, config.app_key_for), policy)
+    # The API's instant check of a StreamUrl literal (workers resolve host names).
+    stream_urls = AddressPolicy(
+        allow_private=policy.allow_private,
+        trusted_prefixes=policy.trusted_url_prefixes,
+        setting_name=ALLOW_PRIVATE_SETTING,
+    )
+    slots = RunningSlots(per_node=config.tasks.max_running_per_node, per_app=config.max_running_for)
+    supervisor = TaskSupervisor(
+        store,
+        EmbeddedRoomConnector(rooms, config.app_key_for),
+        policy,
+        slots,
+        RunSettings(lifetime_s=config.tasks.lifetime_s),
+    )
+    retention = RetentionJob(
+        store,
+        retention_s=config.tasks.retention_s,
+        interval_s=config.tasks.purge_interval_s,
+    )
+    background: list[asyncio.Task[None]] = []
     tasks = TaskService(supervisor, config.app_key_for)
     whep = WhepEndpoint(rooms, config.app_key_for)
+
+    async def is_task_user(app_id: str, room_id: str, user_id: str) -> bool:
+        return any(
+            (task.key.app_id, task.key.room_id, task.user_id) == (app_id, room_id, user_id)
+            for task in await supervisor.active_tasks()
+        )
+
+    whip = WhipEndpoint(rooms, config.app_key_for, reserved_user=is_task_user)
+    room_events = RoomEventStreams(rooms, config.app_key_for)
+    pages = WebPages(
+        region=config.region, demo_stream_url=settings.demo_url_prefix + DEMO_CLIP_NAME
+    )
     ready = asyncio.Event()
 
     # Made on first start in the background: the service is ready at once, and the
@@ -82,9 +126,17 @@ async def build_app(settings: ServerSettings) -> web.Application:
             return web.json_response({"status": "starting"}, status=503)
         return web.json_response({"status": "ok"})
 
-    app = web.Application(client_max_size=1 << 20, middlewares=[whep.cors])
-    app.add_routes(OpenApiEndpoint(config, Actions(config, tasks)).routes())
+    answer_parser_errors_with_envelopes(config.region)
+    app = web.Application(
+        client_max_size=1 << 20,
+        middlewares=[cors],
+        handler_args={"access_log_class": RedactingAccessLogger},
+    )
+    app.add_routes(OpenApiEndpoint(config, Actions(config, tasks, stream_urls)).routes())
     app.add_routes(whep.routes())
+    app.add_routes(whip.routes())
+    app.add_routes(room_events.routes())
+    app.add_routes(pages.routes())
     app.add_routes([web.get("/healthz", healthz)])
     app.add_routes([web.get(f"/demo/{DEMO_CLIP_NAME}", demo_clip)])
 
@@ -92,14 +144,27 @@ async def build_app(settings: ServerSettings) -> web.Application:
         resumed = await supervisor.resume()
         if resumed:
             logger.info("resumed %d active task(s)", resumed)
+        background.append(asyncio.create_task(retention.run_forever(), name="retention"))
+        # What exists now (modules, the app, resumed tasks) lives as long as the server:
+        # keep it out of every full collection, whose pause would otherwise grow with it
+        # and land on whichever request is being answered.
+        gc.collect()
+        gc.freeze()
         ready.set()
 
+    async def on_shutdown(_: web.Application) -> None:
+        room_events.close_all()
+
     async def on_cleanup(_: web.Application) -> None:
-        await asyncio.gather(demo_clip_made, return_exceptions=True)
+        for job in background:
+            job.cancel()
+        await asyncio.gather(demo_clip_made, *background, return_exceptions=True)
         await supervisor.shutdown()
+        await whip.close_all()
         await whep.close_all()
         await store.close()
 
     app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app

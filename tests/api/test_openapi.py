@@ -6,10 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -28,7 +26,6 @@ from tests.support.server import (
     OTHER_APP_ID,
     SECRET_ACCESS_KEY,
     RelayServer,
-    start_server,
 )
 from tests.support.tasks import task_key
 
@@ -248,8 +245,6 @@ def test_garbage_authorization_is_an_error_envelope(relay_server: RelayServer) -
         "HMAC-SHA256",
         "Bearer x",
         "HMAC-SHA256 Credential=a/b/c",
-        "HMAC-SHA256 Credential=\u00e9/20240101/cn-north-1/rtc/request, SignedHeaders=host, "
-        "Signature=" + "0" * 64,
     ):
         response = raw_post(
             relay_server,
@@ -262,6 +257,18 @@ def test_garbage_authorization_is_an_error_envelope(relay_server: RelayServer) -
         code = envelope["ResponseMetadata"]["Error"]["Code"]
         assert code in {"SignatureDoesNotMatch", "InvalidTimestamp"}, garbage
         assert_error(envelope, code, action="GetRelayStream")
+
+
+def test_authorization_that_is_not_utf8_is_named(relay_server: RelayServer) -> None:
+    # requests sends str headers as Latin-1: one 0xE9 byte, which is not UTF-8.
+    garbage = "HMAC-SHA256 Credential=\u00e9/20240101/cn-north-1/rtc/request"
+    body = json.dumps(task_key("room-sig", "t1")).encode()
+    response = raw_post(
+        relay_server, body, action="GetRelayStream", header_overrides={"Authorization": garbage}
+    )
+    assert response.status_code == 400
+    message = assert_error(response.json(), "InvalidParameter", action="GetRelayStream")
+    assert "Authorization" in message and "UTF-8" in message
 
 
 # --- action, version, body -----------------------------------------------------------
@@ -652,28 +659,5 @@ def test_missing_source_ends_with_source_error(
         ended = wait_for_status(rtc, room, task, 3, timeout_s=30)
         assert ended["StopReason"] == "SourceError"
         assert "404" in ended["StopDetail"]
-    finally:
-        stop_quietly(rtc, room, task)
-
-
-@pytest.fixture(scope="module")
-def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayServer]:
-    server = start_server(Path(tmp_path_factory.mktemp("strict")), allow_private=False)
-    yield server
-    server.stop()
-
-
-def test_private_source_is_refused_when_not_allowed(
-    strict_server: RelayServer, media_url: str
-) -> None:
-    rtc = RtcService(strict_server.host, ACCESS_KEY_ID, SECRET_ACCESS_KEY)
-    room, task = "room-ssrf", "task-ssrf"
-    body = start_body(strict_server, room, task, "user-ssrf", f"{media_url}/clip.flv")
-    try:
-        assert rtc.action("StartRelayStream", body)["Result"] == "ok"
-        ended = wait_for_status(rtc, room, task, 3, timeout_s=30)
-        assert ended["StopReason"] == "SourceError"
-        assert "not allowed" in ended["StopDetail"]
-        assert "127.0.0.1" in ended["StopDetail"]
     finally:
         stop_quietly(rtc, room, task)

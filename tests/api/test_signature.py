@@ -132,7 +132,7 @@ def signed_post(secret: str = SK, ak: str = AK, body: str = BODY) -> HttpRequest
 
 def rejection(req: HttpRequestParts, now: datetime = FIXED, max_skew_s: int = 900) -> ApiError:
     with pytest.raises(ApiError) as caught:
-        verify_request(req, secret_for=secrets, now=now, max_skew_s=max_skew_s)
+        verify_request(req, secret_for=secrets, region=REGION, now=now, max_skew_s=max_skew_s)
     return caught.value
 
 
@@ -143,7 +143,7 @@ def test_sdk_signed_json_post_verifies(sdk: Service) -> None:
     req = sdk_json(sdk, "StartRelayStream", {}, BODY)
 
     assert "Authorization" in req.headers
-    assert verify_request(req, secret_for=secrets) == VerifiedCaller(AK, REGION)
+    assert verify_request(req, secret_for=secrets, region=REGION) == VerifiedCaller(AK, REGION)
 
 
 @pytest.mark.parametrize("doseq", [0, 1], ids=["lists-joined", "lists-repeated"])
@@ -160,7 +160,7 @@ def test_sdk_signed_get_with_escaped_query_verifies(sdk: Service, doseq: int) ->
     req = sdk_get(sdk, "GetRelayStream", params, doseq)
 
     assert "+" in req.query_string  # urlencode sent the spaces as '+'
-    assert verify_request(req, secret_for=secrets).access_key_id == AK
+    assert verify_request(req, secret_for=secrets, region=REGION).access_key_id == AK
 
 
 def test_sdk_signed_host_on_default_port_verifies(sdk: Service) -> None:
@@ -168,7 +168,7 @@ def test_sdk_signed_host_on_default_port_verifies(sdk: Service) -> None:
     req = sdk_json(_service("rtc.example.com:443"), "StartRelayStream", {}, BODY)
 
     assert req.headers["Host"] == "rtc.example.com:443"
-    assert verify_request(req, secret_for=secrets).region == REGION
+    assert verify_request(req, secret_for=secrets, region=REGION).region == REGION
     # ...and the port only disappears from the signature when it is 80 or 443.
     moved = with_headers(req, Host="rtc.example.com:8443")
     assert rejection(moved, now=datetime.now(UTC)).kind == SIGNATURE_DOES_NOT_MATCH
@@ -184,7 +184,7 @@ def test_received_header_names_are_matched_case_insensitively(sdk: Service) -> N
         req.body,
     )
 
-    assert verify_request(lowered, secret_for=secrets).access_key_id == AK
+    assert verify_request(lowered, secret_for=secrets, region=REGION).access_key_id == AK
 
 
 def test_a_changed_signed_header_is_caught(sdk: Service) -> None:
@@ -265,8 +265,12 @@ def test_request_signed_20_minutes_ahead_is_rejected() -> None:
 def test_skew_within_the_window_is_accepted_and_the_window_is_configurable() -> None:
     req = signed_post()
 
-    assert verify_request(req, secret_for=secrets, now=FIXED + timedelta(minutes=14)).region
-    assert verify_request(req, secret_for=secrets, now=FIXED - timedelta(minutes=14)).region
+    assert verify_request(
+        req, secret_for=secrets, region=REGION, now=FIXED + timedelta(minutes=14)
+    ).region
+    assert verify_request(
+        req, secret_for=secrets, region=REGION, now=FIXED - timedelta(minutes=14)
+    ).region
     assert rejection(req, now=FIXED + timedelta(seconds=61), max_skew_s=60).kind == (
         INVALID_TIMESTAMP
     )
@@ -373,9 +377,9 @@ def test_garbage_authorization_is_an_api_error(authorization: str) -> None:
 
 
 def test_sign_request_round_trip_verifies() -> None:
-    assert verify_request(signed_post(), secret_for=secrets, now=FIXED) == VerifiedCaller(
-        AK, REGION
-    )
+    assert verify_request(
+        signed_post(), secret_for=secrets, region=REGION, now=FIXED
+    ) == VerifiedCaller(AK, REGION)
 
 
 def test_sign_request_round_trip_with_query_lists_and_escapes() -> None:
@@ -400,7 +404,7 @@ def test_sign_request_round_trip_with_query_lists_and_escapes() -> None:
     req = HttpRequestParts("GET", "/", urlencode(query, doseq=True), headers, b"")
 
     assert "x-request-id" in headers["Authorization"]
-    assert verify_request(req, secret_for=secrets, now=FIXED).access_key_id == AK
+    assert verify_request(req, secret_for=secrets, region=REGION, now=FIXED).access_key_id == AK
 
 
 def test_sign_request_replaces_stale_signing_headers() -> None:
@@ -518,14 +522,14 @@ def test_hand_built_signature_without_content_hash_header_verifies() -> None:
     }
 
     ok = HttpRequestParts("POST", "/", "Version=V&Action=A", headers, body)
-    assert verify_request(ok, secret_for=secrets, now=FIXED).access_key_id == AK
+    assert verify_request(ok, secret_for=secrets, region=REGION, now=FIXED).access_key_id == AK
     tampered = HttpRequestParts("POST", "/", "Version=V&Action=A", headers, b'{"k":"w"}')
     assert rejection(tampered).kind == SIGNATURE_DOES_NOT_MATCH
 
 
 def test_naive_clock_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        verify_request(signed_post(), secret_for=secrets, now=datetime(2024, 5, 6))
+        verify_request(signed_post(), secret_for=secrets, region=REGION, now=datetime(2024, 5, 6))
 
 
 def test_sign_request_refuses_headers_that_differ_only_in_case() -> None:

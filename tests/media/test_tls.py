@@ -18,7 +18,7 @@ from relaystream.media.spec import MediaType, PipelineSpec, StreamMode
 from relaystream.media.testsrc import ClipSpec, make_test_clip
 from tests.support.net import static_http_server
 from tests.support.rtmp import nginx_rtmp_server, rtmp_publisher
-from tests.support.tls import self_signed_certificate
+from tests.support.self_signed import self_signed_certificate
 from tests.support.tls_proxy import tls_proxy
 
 

@@ -15,6 +15,8 @@ from relaystream.rtc.room import (
     SUBSCRIBER_QUEUE_PACKETS,
     ForwardedTrack,
     Publication,
+    RoomEvent,
+    RoomEventKind,
     RoomRegistry,
     TrackKind,
     UserAlreadyPublishing,
@@ -346,3 +348,60 @@ def test_a_listener_added_after_the_end_is_told_at_once() -> None:
     publication.on_end(lambda: ends.append("late"))
 
     assert ends == ["late"]
+
+
+def test_room_listeners_learn_who_joins_and_leaves_until_they_stop_listening() -> None:
+    rooms = RoomRegistry()
+    events: list[RoomEvent] = []
+    other_room: list[RoomEvent] = []
+    stop = rooms.listen(APP, ROOM, events.append)
+    rooms.listen(APP, "room-2", other_room.append)
+
+    camera = rooms.publish(APP, ROOM, "camera", BOTH)
+    microphone = rooms.publish(APP, ROOM, "microphone", frozenset({TrackKind.AUDIO}))
+    assert [p.user_id for p in rooms.publishers(APP, ROOM)] == ["camera", "microphone"]
+    camera.end()
+    camera.end()  # a second end is not a second departure
+    # The room is gone with its last publisher; a listener is still told of the next one.
+    microphone.end()
+    assert rooms.publishers(APP, ROOM) == []
+    comeback = rooms.publish(APP, ROOM, "camera", BOTH)
+    stop()
+    comeback.end()
+
+    assert events == [
+        RoomEvent(RoomEventKind.JOINED, "camera", BOTH),
+        RoomEvent(RoomEventKind.JOINED, "microphone", frozenset({TrackKind.AUDIO})),
+        RoomEvent(RoomEventKind.LEFT, "camera", BOTH),
+        RoomEvent(RoomEventKind.LEFT, "microphone", frozenset({TrackKind.AUDIO})),
+        RoomEvent(RoomEventKind.JOINED, "camera", BOTH),
+    ]
+    assert other_room == []
+
+
+def test_a_failing_room_listener_does_not_stop_the_others() -> None:
+    rooms = RoomRegistry()
+    seen: list[str] = []
+
+    def broken(_: RoomEvent) -> None:
+        raise RuntimeError("listener bug")
+
+    rooms.listen(APP, ROOM, broken)
+    rooms.listen(APP, ROOM, lambda event: seen.append(event.user_id))
+    rooms.publish(APP, ROOM, "camera", BOTH).end()
+    assert seen == ["camera", "camera"]
+
+
+async def test_a_viewer_with_no_gop_to_start_from_asks_the_publisher_for_a_keyframe() -> None:
+    rooms = RoomRegistry()
+    publication = rooms.publish(APP, ROOM, "camera", BOTH)
+    video = publication.tracks[TrackKind.VIDEO]
+    requests: list[str] = []
+    video.request_keyframe = lambda: requests.append("pli")
+
+    video.subscribe()
+    publication.tracks[TrackKind.AUDIO].subscribe()
+    assert requests == ["pli"]
+    publish_video(publication, range(3), keyframe_every=30)
+    video.subscribe()  # starts from the cached keyframe: nothing to ask
+    assert requests == ["pli"]

@@ -1,15 +1,21 @@
-"""Stories for the SQLite task store: a real file, closed and reopened like a restart."""
+"""Stories for the SQLite task store: a real file, closed and reopened like a restart,
+shared by two stores as two nodes would share one database."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from relaystream.media.spec import MediaType, StreamMode
-from relaystream.store import TaskRecord
-from relaystream.store.sqlite import SqliteTaskStore
+from relaystream.store import StaleVersion, TaskExists, TaskQuery, TaskRecord, UserTaken
+from relaystream.store.migrations import LATEST_VERSION
+from relaystream.store.sqlite import _PURGE, SqliteTaskStore
 from relaystream.tasks.model import (
     RelayControl,
     RelayTask,
@@ -21,12 +27,20 @@ from relaystream.tasks.model import (
 )
 
 APP = "5f8a1c2b3d4e5f6a7b8c9d0e"
+OTHER_APP = "aaaaaaaaaaaaaaaaaaaaaaaa"
 
 
-def relay_task(task_id: str, *, room_id: str = "room-1", created_ms: int = 1_000) -> RelayTask:
+def relay_task(
+    task_id: str,
+    *,
+    room_id: str = "room-1",
+    created_ms: int = 1_000,
+    app_id: str = APP,
+    user_id: str | None = None,
+) -> RelayTask:
     return RelayTask(
-        key=TaskKey(APP, room_id, task_id),
-        user_id=f"user-{task_id}",
+        key=TaskKey(app_id, room_id, task_id),
+        user_id=user_id or f"user-{task_id}",
         token="001token",
         control=RelayControl(
             stream_url="https://cdn.example.com/live/index.m3u8",
@@ -38,6 +52,17 @@ def relay_task(task_id: str, *, room_id: str = "room-1", created_ms: int = 1_000
         max_idle_s=60,
         create_time_ms=created_ms,
     )
+
+
+async def insert(store: SqliteTaskStore, task: RelayTask) -> TaskRecord:
+    async with store.transaction() as unit:
+        return await unit.insert(to_record(task))
+
+
+async def read(store: SqliteTaskStore, key: TaskKey) -> TaskRecord:
+    record = await store.get(key.app_id, key.room_id, key.task_id)
+    assert record is not None
+    return record
 
 
 @pytest.fixture
@@ -52,67 +77,162 @@ async def store(db_path: Path) -> AsyncIterator[SqliteTaskStore]:
     await opened.close()
 
 
-async def test_a_saved_task_reads_back_equal(store: SqliteTaskStore) -> None:
+async def test_an_inserted_task_reads_back_equal_at_version_1(store: SqliteTaskStore) -> None:
     task = relay_task("task-1").running()
 
-    await store.save(to_record(task))
-    record = await store.get(APP, "room-1", "task-1")
+    stored = await insert(store, task)
+    record = await read(store, task.key)
 
-    assert record is not None
+    assert record == stored
+    assert record.version == 1
     assert from_record(record) == task
 
 
 async def test_an_unknown_task_is_none(store: SqliteTaskStore) -> None:
-    await store.save(to_record(relay_task("task-1")))
+    await insert(store, relay_task("task-1"))
 
     assert await store.get(APP, "room-1", "task-2") is None
     assert await store.get(APP, "room-2", "task-1") is None
-    assert await store.get("another-app-id-of-24chars", "room-1", "task-1") is None
+    assert await store.get(OTHER_APP, "room-1", "task-1") is None
 
 
-async def test_saving_again_replaces_the_task(store: SqliteTaskStore) -> None:
+async def test_inserting_a_stored_key_again_is_refused(store: SqliteTaskStore) -> None:
+    first = await insert(store, relay_task("task-1"))
+
+    with pytest.raises(TaskExists):
+        await insert(store, relay_task("task-1", user_id="someone-else"))
+
+    assert await read(store, TaskKey(APP, "room-1", "task-1")) == first
+
+
+async def test_an_update_at_the_read_version_replaces_the_task(store: SqliteTaskStore) -> None:
     task = relay_task("task-1")
-    await store.save(to_record(task))
-
+    stored = await insert(store, task)
     ended = task.running().stopped(StopReason.SOURCE_ENDED)
-    await store.save(to_record(ended))
 
-    record = await store.get(APP, "room-1", "task-1")
-    assert record is not None
+    async with store.transaction() as unit:
+        updated = await unit.update(to_record(ended, stored.version))
+
+    record = await read(store, task.key)
+    assert record == updated
+    assert record.version == 2
     assert from_record(record) == ended
-    assert await store.list_with_status((1, 2, 3)) == [record]
+    assert record.end_time_ms == ended.end_time_ms > 0
+
+
+async def test_an_update_at_a_stale_version_loses_and_changes_nothing(
+    store: SqliteTaskStore,
+) -> None:
+    task = relay_task("task-1")
+    stale = await insert(store, task)
+    async with store.transaction() as unit:
+        current = await unit.update(to_record(task.running(), stale.version))
+
+    with pytest.raises(StaleVersion):
+        async with store.transaction() as unit:
+            await unit.update(to_record(task.stopped(StopReason.API_STOP), stale.version))
+
+    assert await read(store, task.key) == current
+
+
+async def test_two_store_writers_racing_on_one_task_exactly_one_wins(db_path: Path) -> None:
+    # Two nodes: two stores (each with its own connections) on one database file. Both
+    # read the task, then both try to end it, each for its own reason.
+    node_a = await SqliteTaskStore.open(db_path)
+    node_b = await SqliteTaskStore.open(db_path)
+    try:
+        task = relay_task("task-1").running()
+        await insert(node_a, task)
+        read_a, read_b = await read(node_a, task.key), await read(node_b, task.key)
+        assert read_a.version == read_b.version == 1
+
+        async def end(store: SqliteTaskStore, seen: TaskRecord, reason: StopReason) -> str:
+            ended = from_record(seen).stopped(reason)
+            try:
+                async with store.transaction() as unit:
+                    await unit.update(to_record(ended, seen.version))
+            except StaleVersion:
+                return "lost"
+            return "won"
+
+        outcomes = await asyncio.gather(
+            end(node_a, read_a, StopReason.API_STOP),
+            end(node_b, read_b, StopReason.IDLE_TIMEOUT),
+        )
+
+        assert sorted(outcomes) == ["lost", "won"]
+        winner = StopReason.API_STOP if outcomes[0] == "won" else StopReason.IDLE_TIMEOUT
+        for store in (node_a, node_b):
+            final = await read(store, task.key)
+            assert final.version == 2
+            assert from_record(final).stop_reason is winner
+    finally:
+        await node_a.close()
+        await node_b.close()
+
+
+async def test_a_failed_unit_of_work_leaves_nothing_behind(store: SqliteTaskStore) -> None:
+    task = relay_task("task-1")
+
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        async with store.transaction() as unit:
+            await unit.insert(to_record(task))
+            await unit.insert(to_record(relay_task("task-2")))
+            raise RuntimeError("changed my mind")
+
+    assert await store.get(APP, "room-1", "task-1") is None
+    assert await store.get(APP, "room-1", "task-2") is None
+    await insert(store, task)  # and the store still takes writes
+    assert (await read(store, task.key)).version == 1
+
+
+async def test_one_user_has_one_active_task_per_room(store: SqliteTaskStore) -> None:
+    await insert(store, relay_task("task-1", user_id="singer"))
+
+    with pytest.raises(UserTaken):
+        await insert(store, relay_task("task-2", user_id="singer"))
+    # Another room, or another app, is another place to publish.
+    await insert(store, relay_task("task-3", user_id="singer", room_id="room-2"))
+    await insert(store, relay_task("task-4", user_id="singer", app_id=OTHER_APP))
+
+    # Once the first task ended, the user id is free again in its room.
+    first = await read(store, TaskKey(APP, "room-1", "task-1"))
+    async with store.transaction() as unit:
+        await unit.update(to_record(from_record(first).stopped(StopReason.API_STOP), 1))
+    await insert(store, relay_task("task-2", user_id="singer"))
+    # ...so restarting the ended one as the same user is refused.
+    ended = await read(store, TaskKey(APP, "room-1", "task-1"))
+    with pytest.raises(UserTaken):
+        async with store.transaction() as unit:
+            await unit.update(to_record(relay_task("task-1", user_id="singer"), ended.version))
 
 
 async def test_the_same_task_id_in_two_rooms_is_two_tasks(store: SqliteTaskStore) -> None:
     here = relay_task("task-1", room_id="room-1")
     there = relay_task("task-1", room_id="room-2").running()
 
-    await store.save(to_record(here))
-    await store.save(to_record(there))
+    await insert(store, here)
+    await insert(store, there)
 
-    first = await store.get(APP, "room-1", "task-1")
-    second = await store.get(APP, "room-2", "task-1")
-    assert first is not None and from_record(first) == here
-    assert second is not None and from_record(second) == there
+    assert from_record(await read(store, here.key)) == here
+    assert from_record(await read(store, there.key)) == there
 
 
 async def test_tasks_survive_closing_and_reopening_the_file(db_path: Path) -> None:
     store = await SqliteTaskStore.open(db_path)
     running = relay_task("task-1").running()
     ended = relay_task("task-2").stopped(StopReason.API_STOP, "stopped by the user")
-    await store.save(to_record(running))
-    await store.save(to_record(ended))
+    await insert(store, running)
+    await insert(store, ended)
     await store.close()
 
     reopened = await SqliteTaskStore.open(db_path)
     try:
-        got_running = await reopened.get(APP, "room-1", "task-1")
-        got_ended = await reopened.get(APP, "room-1", "task-2")
+        assert from_record(await read(reopened, running.key)) == running
+        assert from_record(await read(reopened, ended.key)) == ended
+        assert await reopened.schema_version() == LATEST_VERSION
     finally:
         await reopened.close()
-
-    assert got_running is not None and from_record(got_running) == running
-    assert got_ended is not None and from_record(got_ended) == ended
 
 
 async def test_listing_by_status_in_creation_order(store: SqliteTaskStore) -> None:
@@ -121,7 +241,7 @@ async def test_listing_by_status_in_creation_order(store: SqliteTaskStore) -> No
     also_running = relay_task("b", created_ms=2_000).running()
     ended = relay_task("d", created_ms=500).stopped(StopReason.EXPIRED)
     for task in (starting, ended, also_running, running):
-        await store.save(to_record(task))
+        await insert(store, task)
 
     active = await store.list_with_status((int(TaskStatus.STARTING), int(TaskStatus.RUNNING)))
     finished = await store.list_with_status((int(TaskStatus.ENDED),))
@@ -132,17 +252,143 @@ async def test_listing_by_status_in_creation_order(store: SqliteTaskStore) -> No
     assert await store.list_with_status(()) == []
 
 
+async def test_pages_of_an_apps_tasks_by_creation_time(store: SqliteTaskStore) -> None:
+    # 12 tasks in two rooms, created 1 s apart; one more in another app.
+    for n in range(12):
+        room = "room-even" if n % 2 == 0 else "room-odd"
+        await insert(store, relay_task(f"t{n:02}", room_id=room, created_ms=1_000 * (n + 1)))
+    await insert(store, relay_task("elsewhere", app_id=OTHER_APP, created_ms=99_000))
+
+    newest = await store.query(TaskQuery(APP, limit=5))
+    assert newest.total == 12
+    assert [r.task_id for r in newest.records] == ["t11", "t10", "t09", "t08", "t07"]
+    last = await store.query(TaskQuery(APP, offset=10, limit=5))
+    assert [r.task_id for r in last.records] == ["t01", "t00"]
+    oldest = await store.query(TaskQuery(APP, offset=1, limit=3, newest_first=False))
+    assert [r.task_id for r in oldest.records] == ["t01", "t02", "t03"]
+    odd = await store.query(TaskQuery(APP, room_id="room-odd", limit=100))
+    assert odd.total == 6
+    assert [r.task_id for r in odd.records] == ["t11", "t09", "t07", "t05", "t03", "t01"]
+    beyond = await store.query(TaskQuery(APP, offset=50))
+    assert (beyond.total, beyond.records) == (12, [])
+    nothing = await store.query(TaskQuery(APP, room_id="no-such-room"))
+    assert (nothing.total, nothing.records) == (0, [])
+
+
+async def test_the_page_queries_use_indexes(store: SqliteTaskStore, db_path: Path) -> None:
+    with sqlite3.connect(db_path) as db:
+        for sql, params in (
+            (
+                "SELECT * FROM relay_tasks WHERE app_id = ?"
+                " ORDER BY create_time_ms DESC, room_id DESC, task_id DESC LIMIT 10",
+                (APP,),
+            ),
+            (
+                "SELECT * FROM relay_tasks WHERE app_id = ? AND room_id = ?"
+                " ORDER BY create_time_ms, room_id, task_id LIMIT 10",
+                (APP, "room-1"),
+            ),
+            ("SELECT count(*) FROM relay_tasks WHERE app_id = ? AND room_id = ?", (APP, "r")),
+            (_PURGE, (3, 5, 500)),
+        ):
+            plan = " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            assert "INDEX" in plan, (sql, plan)
+            assert "TEMP B-TREE" not in plan, (sql, plan)
+        purge = db.execute(f"EXPLAIN QUERY PLAN {_PURGE}", (3, 5, 500))
+        assert "end_time_ms<?" in " ".join(str(row[-1]) for row in purge)
+
+
+async def test_purging_removes_only_tasks_ended_before_the_cutoff(store: SqliteTaskStore) -> None:
+    old = relay_task("old").stopped(StopReason.API_STOP)
+    recent = relay_task("recent").stopped(StopReason.API_STOP)
+    active = relay_task("active").running()
+    for task in (old, recent, active):
+        await insert(store, task)
+    cutoff_ms = old.end_time_ms + 1
+    async with store.transaction() as unit:
+        record = await read(store, recent.key)
+        moved = replace(record, end_time_ms=cutoff_ms + 10)
+        await unit.update(moved)
+
+    assert await store.purge_ended(cutoff_ms) == 1
+
+    assert await store.get(APP, "room-1", "old") is None
+    assert await store.get(APP, "room-1", "recent") is not None
+    assert await store.get(APP, "room-1", "active") is not None
+    assert await store.purge_ended(cutoff_ms) == 0
+
+
+# The schema of the first release, as its files are on disk: no schema_version table.
+SKELETON_SCHEMA = """
+CREATE TABLE relay_tasks (
+    app_id TEXT NOT NULL, room_id TEXT NOT NULL, task_id TEXT NOT NULL,
+    status INTEGER NOT NULL, create_time_ms INTEGER NOT NULL, document TEXT NOT NULL,
+    PRIMARY KEY (app_id, room_id, task_id)
+);
+CREATE INDEX relay_tasks_status ON relay_tasks (status);
+CREATE INDEX relay_tasks_created ON relay_tasks (app_id, create_time_ms);
+"""
+
+
+async def test_a_database_from_the_first_release_is_migrated_in_place(db_path: Path) -> None:
+    running = relay_task("running", created_ms=2_000).running()
+    ended = relay_task("ended", created_ms=1_000).stopped(StopReason.SOURCE_ENDED)
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as db:
+        db.executescript(SKELETON_SCHEMA)
+        for task in (running, ended):
+            record = to_record(task)
+            db.execute(
+                "INSERT INTO relay_tasks VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.app_id,
+                    record.room_id,
+                    record.task_id,
+                    record.status,
+                    record.create_time_ms,
+                    json.dumps(record.document),
+                ),
+            )
+    db.close()
+
+    store = await SqliteTaskStore.open(db_path)
+    try:
+        assert await store.schema_version() == LATEST_VERSION
+        got = await read(store, running.key)
+        assert from_record(got) == running
+        assert (got.version, got.user_id) == (1, running.user_id)
+        assert (await read(store, ended.key)).end_time_ms == ended.end_time_ms
+        page = await store.query(TaskQuery(APP))
+        assert [r.task_id for r in page.records] == ["running", "ended"]
+        # The migrated rows take part in the new rules at once.
+        with pytest.raises(UserTaken):
+            await insert(store, relay_task("again", user_id=running.user_id))
+        assert await store.purge_ended(ended.end_time_ms + 1) == 1
+    finally:
+        await store.close()
+
+    reopened = await SqliteTaskStore.open(db_path)  # nothing left to migrate
+    try:
+        assert await reopened.schema_version() == LATEST_VERSION
+        assert from_record(await read(reopened, running.key)) == running
+    finally:
+        await reopened.close()
+
+
 async def test_the_document_is_kept_as_given(store: SqliteTaskStore) -> None:
     # The store does not interpret the document: any JSON object round-trips.
     record = TaskRecord(
         app_id=APP,
         room_id="room-é",
         task_id="task-1",
+        user_id="u",
         status=2,
         create_time_ms=1_700_000_000_000,
         document={"nested": {"list": [1, 2.5, None, True]}, "text": "中文 ✓"},
     )
 
-    await store.save(record)
+    async with store.transaction() as unit:
+        stored = await unit.insert(record)
 
-    assert await store.get(APP, "room-é", "task-1") == record
+    assert stored == record.with_version(1)
+    assert await store.get(APP, "room-é", "task-1") == stored

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from volcengine.ApiInfo import ApiInfo
@@ -18,6 +19,8 @@ ACTIONS = (
     "UpdateRelayStream",
     "ListRelayStream",
 )
+# Sent as GET with the parameters in the query string, as the SDK's own RTC example does.
+QUERY_ACTIONS = ("GetRelayStream", "ListRelayStream")
 
 
 class VolcengineError(Exception):
@@ -46,6 +49,10 @@ class RtcService(Service):  # type: ignore[misc]
             action: ApiInfo("POST", "/", {"Action": action, "Version": VERSION}, {}, {})
             for action in ACTIONS
         }
+        for action in QUERY_ACTIONS:
+            api_info[f"GET {action}"] = ApiInfo(
+                "GET", "/", {"Action": action, "Version": VERSION}, {}, {}
+            )
         super().__init__(info, api_info)
         # The SDK's constructor prefers credentials from the environment or ~/.volc.
         self.set_ak(access_key_id)
@@ -53,8 +60,15 @@ class RtcService(Service):  # type: ignore[misc]
 
     def action(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """Call ``action``; returns the whole envelope or raises VolcengineError."""
+        return self._call(lambda: self.json(action, {}, json.dumps(body)))
+
+    def query_action(self, action: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Call ``action`` by GET (the SDK sends numbers as decimal text)."""
+        return self._call(lambda: self.get(f"GET {action}", dict(params)))
+
+    def _call(self, send: Callable[[], str]) -> dict[str, Any]:
         try:
-            return dict(json.loads(self.json(action, {}, json.dumps(body))))
+            return dict(json.loads(send()))
         except Exception as exc:  # the SDK raises bare Exception(body) on non-200
             raw = exc.args[0] if exc.args else b""
             text = raw.decode() if isinstance(raw, bytes) else str(raw)

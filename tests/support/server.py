@@ -20,6 +20,13 @@ APP_KEY = "0123456789abcdef0123456789abcdef"
 OTHER_APP_ID = "aaaaaaaaaaaaaaaaaaaaaaaa"  # exists, but the test access key does not own it
 LIMITED_APP_ID = "cccccccccccccccccccccccc"  # owned by the test access key, 3 requests/s
 LIMITED_APP_QPS = 3
+SECOND_APP_ID = "second-app-id-0123456789"  # owned by the test access key, default limits
+SECOND_APP_KEY = "11111111111111111111111111111111"
+APP_KEYS = {
+    APP_ID: APP_KEY,
+    LIMITED_APP_ID: "00000000000000000000000000000000",
+    SECOND_APP_ID: SECOND_APP_KEY,
+}
 
 
 @dataclass
@@ -28,6 +35,7 @@ class RelayServer:
     port: int
     data_dir: Path
     log_path: Path
+    config_path: Path
 
     @property
     def host(self) -> str:
@@ -40,10 +48,12 @@ class RelayServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def publish_token(self, room_id: str, user_id: str, **kwargs: int) -> str:
+    def publish_token(
+        self, room_id: str, user_id: str, *, app_id: str = APP_ID, **kwargs: int
+    ) -> str:
         return generate_token(
-            app_id=APP_ID,
-            app_key=APP_KEY,
+            app_id=app_id,
+            app_key=APP_KEYS[app_id],
             room_id=room_id,
             user_id=user_id,
             privileges=[Privilege.PUBLISH_STREAM],
@@ -62,6 +72,15 @@ class RelayServer:
     def stop(self) -> None:
         stop_process(self.process)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM killer would."""
+        self.process.kill()
+        self.process.wait()
+
+    def restart(self) -> RelayServer:
+        """A new server process on the same config, data dir and port."""
+        return serve(self.data_dir.parent, self.config_path, port=self.port)
+
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL if it has not exited within 10 s."""
@@ -74,7 +93,12 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def write_config(path: Path, *, allow_private: bool = True) -> Path:
+def write_config(
+    path: Path, *, allow_private: bool = True, tasks_toml: str = "", extra: str = ""
+) -> Path:
+    """The test config; ``tasks_toml`` is the body of its [tasks] section, ``extra`` TOML
+    placed right after ``[sources] allow_private`` (lines before any table header belong
+    to ``[sources]``)."""
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -82,7 +106,7 @@ region = "cn-north-1"
 [[access_keys]]
 id = "{ACCESS_KEY_ID}"
 secret = "{SECRET_ACCESS_KEY}"
-apps = ["{APP_ID}", "{LIMITED_APP_ID}"]
+apps = ["{APP_ID}", "{LIMITED_APP_ID}", "{SECOND_APP_ID}"]
 
 [[access_keys]]
 id = "AKLTother"
@@ -99,22 +123,47 @@ app_key = "fedcba9876543210fedcba9876543210"
 
 [[apps]]
 app_id = "{LIMITED_APP_ID}"
-app_key = "00000000000000000000000000000000"
+app_key = "{APP_KEYS[LIMITED_APP_ID]}"
 qps_limit = {LIMITED_APP_QPS}
+
+[[apps]]
+app_id = "{SECOND_APP_ID}"
+app_key = "{SECOND_APP_KEY}"
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
+{extra}
+
+[tasks]
+{tasks_toml}
 """
     )
     return path
 
 
-def start_server(workdir: Path, *, allow_private: bool = True) -> RelayServer:
+def start_server(
+    workdir: Path,
+    *,
+    allow_private: bool = True,
+    tasks_toml: str = "",
+    extra_config: str = "",
+) -> RelayServer:
     workdir.mkdir(parents=True, exist_ok=True)
-    config = write_config(workdir / "relaystream.toml", allow_private=allow_private)
-    port = free_port()
+    config = write_config(
+        workdir / "relaystream.toml",
+        allow_private=allow_private,
+        tasks_toml=tasks_toml,
+        extra=extra_config,
+    )
+    return serve(workdir, config)
+
+
+def serve(workdir: Path, config: Path, *, port: int | None = None) -> RelayServer:
+    """``relaystream serve`` with ``config``, its data and log in ``workdir``, on a free
+    port (or ``port``: a restart); returns once it answers /healthz."""
+    port = port or free_port()
     log_path = workdir / "server.log"
-    log = log_path.open("wb")
+    log = log_path.open("ab")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -132,7 +181,7 @@ def start_server(workdir: Path, *, allow_private: bool = True) -> RelayServer:
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    server = RelayServer(process, port, workdir / "data", log_path)
+    server = RelayServer(process, port, workdir / "data", log_path, config)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

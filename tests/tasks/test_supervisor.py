@@ -21,10 +21,12 @@ from relaystream.media.testsrc import ClipSpec, make_test_clip
 from relaystream.rtc.publisher import EmbeddedRoomConnector
 from relaystream.rtc.room import Publication, RoomRegistry, TrackKind
 from relaystream.rtc.token import Privilege, generate_token
+from relaystream.store import UserTaken
 from relaystream.store.sqlite import SqliteTaskStore
+from relaystream.tasks.limits import RunningSlots, TaskLimitReached
 from relaystream.tasks.model import RelayControl, RelayTask, StopReason, TaskKey, TaskStatus
 from relaystream.tasks.runner import SourcePolicy
-from relaystream.tasks.supervisor import TaskSupervisor
+from relaystream.tasks.supervisor import TaskAlreadyActive, TaskSupervisor
 from tests.support.net import static_http_server
 
 APP_ID = "5f8a1c2b3d4e5f6a7b8c9d0e"
@@ -48,11 +50,13 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class Node:
     """One relaystream node's task side: a store file, rooms and a supervisor."""
 
-    def __init__(self, store: SqliteTaskStore, rooms: RoomRegistry) -> None:
+    def __init__(
+        self, store: SqliteTaskStore, rooms: RoomRegistry, slots: RunningSlots | None = None
+    ) -> None:
         self.store = store
         self.rooms = rooms
         connector = EmbeddedRoomConnector(rooms, {APP_ID: APP_KEY}.get)
-        self.supervisor = TaskSupervisor(store, connector, SourcePolicy(allow_private=True))
+        self.supervisor = TaskSupervisor(store, connector, SourcePolicy(allow_private=True), slots)
 
     async def wait_for(
         self, key: TaskKey, status: TaskStatus, timeout_s: float = 15.0
@@ -91,13 +95,18 @@ def publish_token(user_id: str = USER, app_key: str = APP_KEY) -> str:
 
 
 def relay_task(
-    stream_url: str, *, token: str | None = None, start_timestamp_s: int = 0
+    stream_url: str,
+    *,
+    token: str | None = None,
+    start_timestamp_s: int = 0,
+    task_id: str = "task-1",
+    user_id: str = USER,
 ) -> RelayTask:
-    """A remux relay of ``stream_url`` into the room as USER."""
+    """A remux relay of ``stream_url`` into the room as ``user_id``."""
     return RelayTask(
-        key=TaskKey(APP_ID, ROOM, "task-1"),
-        user_id=USER,
-        token=token or publish_token(),
+        key=TaskKey(APP_ID, ROOM, task_id),
+        user_id=user_id,
+        token=token or publish_token(user_id),
         control=RelayControl(
             stream_url=stream_url,
             stream_mode=StreamMode.REMUX,
@@ -269,4 +278,148 @@ async def test_a_scheduled_task_keeps_waiting_across_a_restart(tmp_path: Path, m
         assert stopped is not None and stopped.status is TaskStatus.ENDED
     finally:
         await after.supervisor.shutdown()
+        await store.close()
+
+
+async def test_two_nodes_ending_one_task_at_once_record_one_end(tmp_path: Path, media: str) -> None:
+    db = tmp_path / "tasks.db"
+    store_a, store_b = await SqliteTaskStore.open(db), await SqliteTaskStore.open(db)
+    node_a, node_b = Node(store_a, RoomRegistry()), Node(store_b, RoomRegistry())
+    try:
+        task = relay_task(f"{media}/long.mp4", start_timestamp_s=int(time.time()) + 3600)
+        await node_a.supervisor.launch(task)
+
+        results = await asyncio.gather(
+            node_a.supervisor.stop(task.key, StopReason.API_STOP),
+            node_b.supervisor.stop(task.key, StopReason.IDLE_TIMEOUT),
+        )
+
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        stored = await node_b.supervisor.load(task.key)
+        assert stored == winners[0]
+        assert stored is not None and stored.status is TaskStatus.ENDED
+    finally:
+        for node, store in ((node_a, store_a), (node_b, store_b)):
+            await node.supervisor.shutdown()
+            await store.close()
+
+
+async def test_concurrent_updates_from_two_nodes_both_apply(tmp_path: Path, media: str) -> None:
+    # Each update is applied to what is stored when it is written: a writer that lost
+    # the compare-and-set reads again, so neither change is lost.
+    db = tmp_path / "tasks.db"
+    store_a, store_b = await SqliteTaskStore.open(db), await SqliteTaskStore.open(db)
+    node_a, node_b = Node(store_a, RoomRegistry()), Node(store_b, RoomRegistry())
+    try:
+        task = relay_task(f"{media}/long.mp4", start_timestamp_s=int(time.time()) + 3600)
+        await node_a.supervisor.launch(task)
+
+        await asyncio.gather(
+            node_a.supervisor.update(task.key, lambda c: replace(c, frame_rate=25)),
+            node_b.supervisor.update(task.key, lambda c: replace(c, bitrate_kbps=800)),
+        )
+
+        stored = await node_a.supervisor.load(task.key)
+        assert stored is not None
+        assert (stored.control.frame_rate, stored.control.bitrate_kbps) == (25, 800)
+        assert stored.status is TaskStatus.STARTING
+    finally:
+        for node, store in ((node_a, store_a), (node_b, store_b)):
+            await node.supervisor.shutdown()
+            await store.close()
+
+
+async def test_a_scheduled_task_starts_with_the_control_of_its_last_update(
+    node: Node, media: str
+) -> None:
+    task = relay_task(f"{media}/gone.mp4", start_timestamp_s=int(time.time()) + 2)
+    await node.supervisor.launch(task)
+
+    updated = await node.supervisor.update(
+        task.key, lambda c: replace(c, stream_url=f"{media}/short.mp4")
+    )
+
+    assert updated is not None and updated.control.stream_url.endswith("/short.mp4")
+    assert (await node.supervisor.load(task.key)) == updated
+    # It plays the clip it was switched to (the first one does not exist), to its end.
+    running = await node.wait_for(task.key, TaskStatus.RUNNING, timeout_s=20)
+    assert running.start_time_ms >= task.control.start_timestamp_s * 1000
+    ended = await node.wait_for(task.key, TaskStatus.ENDED)
+    assert ended.stop_reason is StopReason.SOURCE_ENDED
+
+
+async def test_updating_an_ended_or_unknown_task_changes_nothing(node: Node, media: str) -> None:
+    task = relay_task(f"{media}/long.mp4", start_timestamp_s=int(time.time()) + 3600)
+    await node.supervisor.launch(task)
+    stopped = await node.supervisor.stop(task.key, StopReason.API_STOP)
+
+    change = lambda c: replace(c, frame_rate=5)  # noqa: E731
+    assert await node.supervisor.update(task.key, change) is None
+    assert await node.supervisor.update(TaskKey(APP_ID, ROOM, "nope"), change) is None
+    assert await node.supervisor.load(task.key) == stopped
+
+
+async def test_a_second_run_of_an_active_task_or_user_is_refused(node: Node, media: str) -> None:
+    later = int(time.time()) + 3600
+    task = relay_task(f"{media}/long.mp4", start_timestamp_s=later)
+    await node.supervisor.launch(task)
+
+    with pytest.raises(TaskAlreadyActive):
+        await node.supervisor.launch(task)
+    with pytest.raises(UserTaken):
+        await node.supervisor.launch(
+            relay_task(f"{media}/long.mp4", start_timestamp_s=later, task_id="task-2")
+        )
+
+    # An ended task may run again.
+    await node.supervisor.stop(task.key, StopReason.API_STOP)
+    await node.supervisor.launch(task)
+    again = await node.supervisor.load(task.key)
+    assert again is not None and again.status is TaskStatus.STARTING
+
+
+async def test_running_caps_count_tasks_holding_a_worker_not_scheduled_ones(
+    tmp_path: Path, media: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await SqliteTaskStore.open(tmp_path / "tasks.db")
+    slots = RunningSlots(per_node=1, per_app=lambda _: 10)
+    node = Node(store, RoomRegistry(), slots)
+    try:
+        first = relay_task(f"{media}/long.mp4", task_id="first", user_id="first")
+        await node.supervisor.launch(first)
+        await node.wait_for(first.key, TaskStatus.RUNNING)
+
+        with pytest.raises(TaskLimitReached):
+            await node.supervisor.launch(
+                relay_task(f"{media}/long.mp4", task_id="refused", user_id="refused")
+            )
+        assert await node.supervisor.load(TaskKey(APP_ID, ROOM, "refused")) is None
+
+        # A scheduled task is accepted at any count; when its time comes with the node
+        # full, it waits in status 1 for a slot.
+        scheduled = relay_task(
+            f"{media}/long.mp4",
+            task_id="scheduled",
+            user_id="scheduled",
+            start_timestamp_s=int(time.time()) + 1,
+        )
+        await node.supervisor.launch(scheduled)
+        deadline = time.monotonic() + 10
+        while "waits for a running slot" not in caplog.text:
+            assert time.monotonic() < deadline, "the scheduled task never asked for a slot"
+            await asyncio.sleep(0.05)
+        assert node.publication("scheduled") is None
+        assert node.publication("first") is not None
+        assert slots.running == 1
+
+        await node.supervisor.stop(first.key, StopReason.API_STOP)
+
+        await node.wait_for(scheduled.key, TaskStatus.RUNNING)
+        assert node.publication("scheduled") is not None
+        assert slots.running == 1
+        await node.supervisor.stop(scheduled.key, StopReason.API_STOP)
+        assert slots.running == 0
+    finally:
+        await node.supervisor.shutdown()
         await store.close()

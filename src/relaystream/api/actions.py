@@ -6,26 +6,40 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from relaystream.api.control import control_from_wire, control_to_wire, merged_control
 from relaystream.api.errors import (
     INVALID_NOT_EXIST_APP_ID,
     NO_PERMISSION_FOR_APP,
     QPS_OVER_LIMIT,
+    TASK_NUMBER_OVER_LIMIT,
     ApiError,
     invalid_parameter,
-    missing_parameter,
     task_not_found,
 )
-from relaystream.api.models import StartRelayStreamRequest, TaskKeyRequest, parse
+from relaystream.api.models import (
+    ListRelayStreamRequest,
+    StartRelayStreamRequest,
+    TaskKeyRequest,
+    UpdateRelayStreamRequest,
+    parse,
+)
 from relaystream.api.ratelimit import RateLimiter
+from relaystream.api.turns import AppTurns
 from relaystream.config import Config
 from relaystream.media.source import SourceError, check_scheme
-from relaystream.media.spec import MediaType, StreamMode
-from relaystream.tasks.model import RelayControl, RelayTask, TaskKey
+from relaystream.netpolicy import AddressPolicy, AddressRefused
+from relaystream.tasks.control import RelayControl
+from relaystream.tasks.limits import TaskLimitReached
+from relaystream.tasks.model import RelayTask, TaskKey
 from relaystream.tasks.runner import RunStats
 from relaystream.tasks.service import StartResult, TaskRequestError, TaskService, TaskView
 
 # A viewer joining mid-stream waits up to one keyframe interval for a picture.
 KEYFRAME_INTERVAL_WARN_S = 5.0
+
+# Starts and Updates of one AppId in progress at once; the others wait their turn. A
+# few keep the store busy; more would only make other AppIds wait.
+WRITES_IN_PROGRESS_PER_APP = 4
 
 ALREADY_STARTED = (
     "The task has been started. Please do not call the startup task interface repeatedly"
@@ -41,17 +55,21 @@ Handler = Callable[[Caller, dict[str, Any]], Awaitable[Any]]
 
 
 class Actions:
-    def __init__(self, config: Config, tasks: TaskService) -> None:
+    def __init__(self, config: Config, tasks: TaskService, stream_urls: AddressPolicy) -> None:
         self._config = config
         self._tasks = tasks
+        self._stream_urls = stream_urls
         self._rate_limiter = RateLimiter()
+        self._turns = AppTurns(WRITES_IN_PROGRESS_PER_APP)
 
     def table(self) -> dict[str, Handler]:
         """Action name → handler; GET is allowed only for the read actions."""
         return {
             "StartRelayStream": self.start_relay_stream,
             "StopRelayStream": self.stop_relay_stream,
+            "UpdateRelayStream": self.update_relay_stream,
             "GetRelayStream": self.get_relay_stream,
+            "ListRelayStream": self.list_relay_stream,
         }
 
     read_only_actions = frozenset({"GetRelayStream", "ListRelayStream"})
@@ -74,17 +92,39 @@ class Actions:
     async def start_relay_stream(self, caller: Caller, body: dict[str, Any]) -> str:
         request = parse(StartRelayStreamRequest, body)
         self._authorize_app(caller, request.AppId)
+        check_stream_url(request.Control.StreamUrl, self._stream_urls)
         task = _task_from_request(request)
         try:
-            result = await self._tasks.start(task)
+            async with self._turns.turn(request.AppId):
+                result = await self._tasks.start(task)
         except TaskRequestError as exc:
             raise invalid_parameter(exc.field, exc.reason) from None
+        except TaskLimitReached as exc:
+            raise ApiError(TASK_NUMBER_OVER_LIMIT, f"Cannot start the task: {exc}.") from None
         return ALREADY_STARTED if result is StartResult.ALREADY_ACTIVE else "ok"
+
+    async def update_relay_stream(self, caller: Caller, body: dict[str, Any]) -> str:
+        request = parse(UpdateRelayStreamRequest, body)
+        self._authorize_app(caller, request.AppId)
+        key = TaskKey(request.AppId, request.RoomId, request.TaskId)
+
+        def change(stored: RelayControl) -> RelayControl:
+            merged = merged_control(stored, request.Control.model_dump(exclude_none=True))
+            check_stream_url(merged.stream_url, self._stream_urls)
+            return merged
+
+        async with self._turns.turn(request.AppId):
+            updated = await self._tasks.update(key, change)
+        if updated is None:
+            raise task_not_found(key.app_id, key.room_id, key.task_id)
+        return "ok"
 
     async def stop_relay_stream(self, caller: Caller, body: dict[str, Any]) -> str:
         request = parse(TaskKeyRequest, body)
         self._authorize_app(caller, request.AppId)
         key = TaskKey(request.AppId, request.RoomId, request.TaskId)
+        # No turn: a Stop waits for the task's worker to go, which must not hold up the
+        # AppId's other writes.
         if await self._tasks.stop(key) is None:
             raise task_not_found(key.app_id, key.room_id, key.task_id)
         return "ok"
@@ -98,42 +138,50 @@ class Actions:
             raise task_not_found(key.app_id, key.room_id, key.task_id)
         return {"Task": task_to_wire(view)}
 
+    async def list_relay_stream(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        request = parse(ListRelayStreamRequest, body)
+        self._authorize_app(caller, request.AppId)
+        found = await self._tasks.list(
+            request.AppId,
+            request.RoomId or None,
+            offset=request.Offset,
+            limit=request.Limit,
+            newest_first=request.Order == 0,
+        )
+        return {
+            "Total": found.total,
+            "Tasks": [task_to_wire(TaskView(task, stats=None)) for task in found.tasks],
+        }
 
-def _task_from_request(request: StartRelayStreamRequest) -> RelayTask:
-    control = request.Control
+
+def check_stream_url(url: str, policy: AddressPolicy) -> None:
+    """Refuse at once a scheme we never pull from, or a literal non-public address.
+
+    A host name is left to the worker, which resolves, checks and pins it.
+    """
     try:
-        check_scheme(control.StreamUrl)
+        check_scheme(url)
+        policy.refuse_literal(url)
     except SourceError as exc:
         raise invalid_parameter("Control.StreamUrl", exc.detail) from None
-    media_type, stream_mode = MediaType(control.MediaType), StreamMode(control.StreamMode)
-    transcodes_video = stream_mode is StreamMode.TRANSCODE and media_type.wants_video
-    if transcodes_video:
-        for name in ("VideoWidth", "VideoHeight"):
-            if getattr(control, name) is None:
-                raise missing_parameter(f"Control.{name} (required when StreamMode is 0)")
+    except AddressRefused as exc:
+        raise invalid_parameter("Control.StreamUrl", exc.detail) from None
+
+
+def _task_from_request(request: StartRelayStreamRequest) -> RelayTask:
     return RelayTask(
         key=TaskKey(request.AppId, request.RoomId, request.TaskId),
         user_id=request.UserId,
         token=request.Token,
         business_id=request.BusinessId,
         max_idle_s=request.MaxIdleTime,
-        control=RelayControl(
-            stream_url=control.StreamUrl,
-            media_type=media_type,
-            stream_mode=stream_mode,
-            start_timestamp_s=control.StartTimeStamp,
-            loop=control.Loop,
-            video_width=control.VideoWidth,
-            video_height=control.VideoHeight,
-            frame_rate=control.FrameRate,
-            bitrate_kbps=control.Bitrate,
-        ),
+        control=control_from_wire(request.Control),
     )
 
 
 def task_to_wire(view: TaskView) -> dict[str, Any]:
-    """A task as List/Get show it (never its Token)."""
-    task, control = view.task, view.task.control
+    """A task as List/Get show it (never its Token); Get adds live ``Stats``."""
+    task = view.task
     wire: dict[str, Any] = {
         "AppId": task.key.app_id,
         "BusinessId": task.business_id,
@@ -147,15 +195,7 @@ def task_to_wire(view: TaskView) -> dict[str, Any]:
         "StartTime": task.start_time_ms,
         "EndTime": task.end_time_ms,
         "MaxIdleTime": task.max_idle_s,
-        "StreamUrl": control.stream_url,
-        "StreamMode": int(control.stream_mode),
-        "MediaType": int(control.media_type),
-        "StartTimeStamp": control.start_timestamp_s,
-        "Loop": control.loop,
-        "VideoWidth": control.video_width or 0,
-        "VideoHeight": control.video_height or 0,
-        "FrameRate": control.frame_rate,
-        "Bitrate": control.bitrate_kbps or 0,
+        **control_to_wire(task.control),
     }
     if view.stats is not None:
         wire["Stats"] = stats_to_wire(view.stats)
@@ -175,6 +215,12 @@ def stats_to_wire(stats: RunStats) -> dict[str, Any]:
         "LastError": stats.last_error,
         "WorkerCpuSeconds": round(stats.worker_cpu_s, 3),
     }
+    if stats.progress is not None:
+        # Where a VOD is (a restart resumes near it) and how often it has looped.
+        wire["SourcePositionSeconds"] = stats.progress.position_s
+        wire["Loops"] = stats.progress.loops
+    if stats.opened is not None:
+        wire["Live"] = stats.opened.live
     if stats.opened is not None and stats.opened.video_output is not None:
         wire["Output"] = {"Video": _pascal_keys(asdict(stats.opened.video_output))}
     return wire

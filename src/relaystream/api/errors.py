@@ -7,6 +7,7 @@ callers raise the named constructors below so the code/status pairing lives here
      ├─ 400 MissingParameter, InvalidParameter[.<sub>], InvalidActionOrVersion
      ├─ 401 InvalidAccessKey, SignatureDoesNotMatch, InvalidTimestamp
      ├─ 403 AccessDenied.NoPermissionForApp
+     ├─ 405 InvalidActionOrVersion (a method other than GET/POST)
      ├─ 429 FlowLimitExceeded.QPSOverLimit, FlowLimitExceeded.TaskNumberOverLimit
      └─ 500 InternalError (the message never carries a stack trace)
 
@@ -33,6 +34,9 @@ INVALID_BODY_EMPTY = ErrorKind("InvalidParameter.BodyIsEmpty", 400)
 INVALID_NOT_EXIST_APP_ID = ErrorKind("InvalidParameter.NotExistAppId", 400)
 INVALID_ACTIVE_TASK_NOT_FOUND = ErrorKind("InvalidParameter.ErrorActiveTaskNotFound", 400)
 INVALID_ACTION_OR_VERSION = ErrorKind("InvalidActionOrVersion", 400)
+# Volcengine has no code of its own for a wrong method; the action cannot be called
+# that way, and 405 (with Allow) tells HTTP tooling the same.
+METHOD_NOT_ALLOWED = ErrorKind("InvalidActionOrVersion", 405)
 INVALID_ACCESS_KEY = ErrorKind("InvalidAccessKey", 401)
 SIGNATURE_DOES_NOT_MATCH = ErrorKind("SignatureDoesNotMatch", 401)
 INVALID_TIMESTAMP = ErrorKind("InvalidTimestamp", 401)
@@ -49,6 +53,7 @@ ALL_ERROR_KINDS: tuple[ErrorKind, ...] = (
     INVALID_NOT_EXIST_APP_ID,
     INVALID_ACTIVE_TASK_NOT_FOUND,
     INVALID_ACTION_OR_VERSION,
+    METHOD_NOT_ALLOWED,
     INVALID_ACCESS_KEY,
     SIGNATURE_DOES_NOT_MATCH,
     INVALID_TIMESTAMP,

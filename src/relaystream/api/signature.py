@@ -185,10 +185,15 @@ def verify_request(
     req: HttpRequestParts,
     *,
     secret_for: Callable[[str], str | None],
+    region: str,
     now: datetime | None = None,
     max_skew_s: int = 900,
 ) -> VerifiedCaller:
     """Check a received request's V4 signature and return who signed it.
+
+    ``region`` is the one this endpoint serves; a credential scope naming another is
+    SignatureDoesNotMatch, as at Volcengine, whose gateway derives the signing key from
+    its own region, so a signature made for another region can never match there.
 
     Raises ``ApiError`` with SignatureDoesNotMatch, InvalidAccessKey or InvalidTimestamp;
     malformed input of any kind ends in one of those, never in another exception.
@@ -202,6 +207,11 @@ def verify_request(
     if auth.service != SERVICE:
         raise _mismatch(
             f"Authorization Credential names service {_echo(auth.service)}; expected {SERVICE!r}."
+        )
+    if auth.region != region:
+        raise _mismatch(
+            f"Authorization Credential names region {_echo(auth.region)}; this endpoint "
+            f"serves {region!r}."
         )
 
     x_date = _check_x_date(headers.get("x-date"), auth.date, now, max_skew_s)
@@ -237,7 +247,13 @@ def verify_request(
         headers=signed,
         body_sha256=body_sha256,
     )
-    expected = _signature(secret, x_date, auth.date, auth.region, auth.service, canonical)
+    try:
+        expected = _signature(secret, x_date, auth.date, auth.region, auth.service, canonical)
+    except UnicodeEncodeError:
+        # A lone surrogate: how a server hands over request bytes that are not UTF-8.
+        raise _mismatch(
+            "A signed header, the path or the query is not valid UTF-8, so it cannot be signed."
+        ) from None
     if not hmac.compare_digest(expected.encode("ascii"), auth.signature.encode("ascii")):
         raise _mismatch(
             "The request signature in Authorization does not match; check the secret key "

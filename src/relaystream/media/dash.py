@@ -1,24 +1,29 @@
 """What a DASH manifest says before any media is read: VOD or live, how long, and which
 hosts its segments come from.
 
-The manifest is fetched here, with a size cap, because the reader that plays it (the
-ffmpeg CLI, bridge.py) is outside this process: every host it will reach must be checked
-first.
+The manifest is fetched here, through netpolicy's checked client, because the reader
+that plays it (the ffmpeg CLI, bridge.py) is outside this process: every host it names
+is checked first. The CLI's own segment requests (and their redirects) are not.
 """
 
 from __future__ import annotations
 
 import re
 import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urljoin
 from xml.etree import ElementTree
 
 from relaystream.media.failures import SourceError
+from relaystream.netpolicy import (
+    AddressRefused,
+    CheckedHttpClient,
+    FetchError,
+    HttpBody,
+    HttpStatusError,
+    Unresolvable,
+)
 
 MAX_MANIFEST_BYTES = 1_000_000
 _DURATION = re.compile(
@@ -70,61 +75,50 @@ def parse_manifest(url: str, text: bytes) -> DashManifest:
     )
 
 
-class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    """Every redirect target passes the same address check as the first URL."""
-
-    def __init__(self, check_url: Callable[[str], None]) -> None:
-        self._check_url = check_url
-
-    def redirect_request(
-        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
-    ) -> urllib.request.Request | None:
-        self._check_url(newurl)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+def _read_capped(body: HttpBody, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes (a raw read returns what has arrived)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := body.read(limit - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def fetch_manifest(
-    url: str, *, timeout_s: float, verify_tls: bool, check_url: Callable[[str], None]
+    url: str, client: CheckedHttpClient, *, timeout_s: float, check_url: Callable[[str], None]
 ) -> DashManifest:
-    """Fetch and read the manifest; a manifest over MAX_MANIFEST_BYTES is refused.
-
-    ``check_url`` raises SourceError for an address the policy refuses; it is applied to
-    the manifest's URL, each redirect, and every BaseURL the manifest names.
-    """
-    check_url(url)
-    if verify_tls:
-        context = ssl.create_default_context()
-    else:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    opener = urllib.request.build_opener(
-        _CheckedRedirects(check_url), urllib.request.HTTPSHandler(context=context)
-    )
-    request = urllib.request.Request(url, headers={"User-Agent": "relaystream"})  # noqa: S310
+    """Fetch and read the manifest through the checked client (which caps its size and
+    checks every redirect); ``check_url`` then checks every BaseURL it names."""
     try:
-        with opener.open(request, timeout=timeout_s) as response:
-            text = response.read(MAX_MANIFEST_BYTES + 1)
-    except urllib.error.HTTPError as exc:
-        retryable = exc.code >= 500 or exc.code == 429
+        with client.open(url) as body:
+            text = _read_capped(body, MAX_MANIFEST_BYTES + 1)
+    except HttpStatusError as exc:
         raise SourceError(
-            f"HTTP {exc.code}: the source server refused the manifest", retryable=retryable
+            f"HTTP {exc.status}: the source server refused the manifest",
+            retryable=exc.status >= 500 or exc.status == 429,
+        ) from None
+    except FetchError as exc:
+        raise SourceError(exc.detail) from None
+    except AddressRefused as exc:
+        raise SourceError(f"address not allowed: {exc.detail}") from None
+    except Unresolvable as exc:
+        raise SourceError(f"unreachable: {exc}", retryable=True) from None
+    except ssl.SSLCertVerificationError:
+        raise SourceError("TLS: the source's certificate could not be verified") from None
+    except ConnectionRefusedError:
+        raise SourceError(
+            "unreachable: the source server refused the connection", retryable=True
         ) from None
     except TimeoutError:
         raise SourceError(f"timed out after {timeout_s:g} s", retryable=True) from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, ssl.SSLCertVerificationError):
-            raise SourceError("TLS: the source's certificate could not be verified") from None
-        if isinstance(exc.reason, ConnectionRefusedError):
-            raise SourceError(
-                "unreachable: the source server refused the connection", retryable=True
-            ) from None
+    except OSError:
         raise SourceError(
             "unreachable: the source server could not be reached", retryable=True
         ) from None
     if len(text) > MAX_MANIFEST_BYTES:
         raise SourceError(f"the DASH manifest is larger than {MAX_MANIFEST_BYTES // 1000} kB")
-    manifest = parse_manifest(url, text)
+    manifest = parse_manifest(body.url, text)
     for base_url in manifest.base_urls:
         check_url(base_url)
     return manifest

@@ -11,11 +11,14 @@ limit the source exceeds, corrupt data before any media flowed.
 from __future__ import annotations
 
 import errno
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import av
 import av.logging
+
+from relaystream.media.fetch import SourceFetchFailed, SourceRefused
 
 
 class SourceError(Exception):
@@ -90,6 +93,10 @@ def classify(
     """
     if isinstance(exc, SourceError):
         return exc
+    if isinstance(exc, SourceRefused | SourceFetchFailed):
+        # The checked client's own words: an address refused, a redirect loop, a
+        # playlist too large. Trying again changes none of them.
+        return SourceError(exc.detail)
     if isinstance(exc, av.error.FFmpegError):
         http = _http_failure(exc)
         if http is not None:
@@ -101,6 +108,13 @@ def classify(
         return SourceError("unreachable: the source server refused the connection", retryable=True)
     if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
         return SourceError("the source server closed the connection", retryable=True)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return SourceError("TLS: the source's certificate could not be verified")
+    if isinstance(exc, ssl.SSLError):
+        return SourceError("TLS: the secure connection to the source failed", retryable=True)
+    if type(exc) is ConnectionError:
+        # The checked HTTP client's own words ("cannot resolve host 'x'"), not FFmpeg's.
+        return SourceError(f"unreachable: {exc}", retryable=True)
     # FFmpeg's interrupt callback (PyAV's ``timeout``) ends a stalled read with "exit".
     if isinstance(exc, av.error.ExitError | av.error.TimeoutError | TimeoutError):
         return SourceError(f"timed out after {timeout_s:g} s", retryable=True)

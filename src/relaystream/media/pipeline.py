@@ -37,8 +37,15 @@ from relaystream.media.events import (
     WorkerEvent,
 )
 from relaystream.media.failures import SourceError, classify
-from relaystream.media.formats import BRIDGED_KINDS, SourceKind, duration_s, is_live, source_kind
-from relaystream.media.source import check_scheme, check_source_address, open_source
+from relaystream.media.formats import (
+    BRIDGED_KINDS,
+    SourceKind,
+    duration_s,
+    is_live,
+    source_kind,
+    unverified_tls_context,
+)
+from relaystream.media.source import check_scheme, open_source, policy_failure, source_policy
 from relaystream.media.spec import MediaType, PipelineSpec, StreamMode
 from relaystream.media.timeline import Timeline
 from relaystream.media.video import (
@@ -48,6 +55,12 @@ from relaystream.media.video import (
     check_transcode_size,
 )
 from relaystream.media.wire import EncodedPacket
+from relaystream.netpolicy import (
+    AddressRefused,
+    CheckedHttpClient,
+    HttpLimits,
+    Unresolvable,
+)
 
 STATS_INTERVAL_S = 2.0
 # A VOD ending this much before its announced duration was truncated.
@@ -292,21 +305,24 @@ class RelayPipeline:
         if self._kind not in BRIDGED_KINDS:
             return
         check_scheme(self._spec.url)
+        policy = source_policy(self._spec)
 
         def check_url(url: str) -> None:
-            check_source_address(
-                url,
-                allow_private=self._spec.allow_private_sources,
-                trusted_prefixes=self._spec.trusted_url_prefixes,
-            )
+            try:
+                policy.destination(url)
+            except (AddressRefused, Unresolvable) as exc:
+                raise policy_failure(exc) from None
 
         check_url(self._spec.url)
         if self._kind is SourceKind.DASH:
+            limits = HttpLimits(
+                read_timeout_s=self._spec.open_timeout_s,
+                connect_timeout_s=self._spec.open_timeout_s,
+            )
+            tls = None if self._spec.tls_verify else unverified_tls_context()
+            client = CheckedHttpClient(policy, limits=limits, tls=tls)
             self._manifest = fetch_manifest(
-                self._spec.url,
-                timeout_s=self._spec.open_timeout_s,
-                verify_tls=self._spec.tls_verify,
-                check_url=check_url,
+                self._spec.url, client, timeout_s=self._spec.open_timeout_s, check_url=check_url
             )
 
     def _open(self, position_s: float) -> av.container.InputContainer:

@@ -1,4 +1,13 @@
-"""The server's handle on one media worker process."""
+"""The server's handle on one media worker process (the worker's side is worker.py).
+
+The channel: the spec as one JSON line on the worker's stdin, then commands, one line
+each; framed packets and events back on its stdout (wire.py). Stdin stays open for the
+worker's whole life, so a worker whose server dies sees EOF and exits.
+
+Stopping never depends on the worker's goodwill: ask it to stop, give it a short grace,
+then SIGKILL — and keep draining its stdout meanwhile, since asyncio only reports a
+child's exit once its pipes are closed (an undrained pipe once made a Stop hang).
+"""
 
 from __future__ import annotations
 
@@ -7,27 +16,46 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from relaystream.media.events import SourceEnded, SourceFailed, WorkerEvent
+from relaystream.media.events import (
+    CommandName,
+    SourceEnded,
+    SourceFailed,
+    WorkerCommand,
+    WorkerEvent,
+)
 from relaystream.media.limits import MemoryLimit
 from relaystream.media.spec import PipelineSpec
 from relaystream.media.wire import EncodedPacket, WireError, read_message
 
 logger = logging.getLogger(__name__)
 
-_STOP_GRACE_S = 3.0
+STOP_GRACE_S = 2.0
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 _STDERR_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class WorkerCrashed:
+    """The worker died without saying why (a signal, a crash in native code)."""
+
+    detail: str
+
+
+WorkerOutput = EncodedPacket | WorkerEvent | WorkerCrashed
 
 
 class MediaWorker:
     """Runs a PipelineSpec in a child process and yields what it produces.
 
-    Iterating yields EncodedPackets and WorkerEvents; the last item is always an
-    ``ended`` or ``error`` event, synthesised when the process dies without saying why.
+    Iterating ``messages()`` yields EncodedPackets and events; the last item is always
+    ``SourceEnded``, ``SourceFailed`` or a ``WorkerCrashed`` made up when the process
+    died without a final event.
     """
 
     def __init__(self, spec: PipelineSpec, *, log_fields: dict[str, str] | None = None) -> None:
@@ -35,8 +63,13 @@ class MediaWorker:
         self._process: asyncio.subprocess.Process | None = None
         self._stderr_tail: list[str] = []
         self._stderr_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.memory: MemoryLimit | None = None
         self._log_prefix = " ".join(f"{k}={v}" for k, v in (log_fields or {}).items())
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the worker has used so far (0 once it has exited)."""
@@ -58,19 +91,24 @@ class MediaWorker:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             limit=1 << 20,
+            # Its own process group: a Ctrl-C meant for the server does not reach it,
+            # and a kill takes any helper process it started along with it.
+            start_new_session=True,
         )
-        assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps(self._spec.to_json_dict()).encode() + b"\n")
-        await self._process.stdin.drain()
         self._stderr_task = asyncio.create_task(self._collect_stderr())
+        self._write_line(json.dumps(self._spec.to_json_dict()).encode() + b"\n")
         if self._spec.memory_limit_mb is not None:
-            self.memory = MemoryLimit(self._process.pid, self._spec.memory_limit_mb, self._kill)
+            self.memory = MemoryLimit(self._process.pid, self._spec.memory_limit_mb, self.kill)
             self.memory.start()
 
-    async def messages(self) -> AsyncIterator[EncodedPacket | WorkerEvent]:
+    def send(self, command: WorkerCommand) -> None:
+        """Best effort: a worker that is gone or not reading simply does not hear it."""
+        self._write_line(command.to_line())
+
+    async def messages(self) -> AsyncIterator[WorkerOutput]:
         process = self._process
         assert process is not None and process.stdout is not None, "start() first"
-        final: WorkerEvent | None = None
+        final: WorkerOutput | None = None
         try:
             while True:
                 message = await read_message(process.stdout)
@@ -84,36 +122,66 @@ class MediaWorker:
             yield final
         returncode = await process.wait()
         if self.memory is not None and self.memory.exceeded is not None:
-            # Killed on purpose: its end is the limit, whatever it managed to say.
+            # Killed on purpose for its memory: a deliberate end, not a crash to relaunch.
             yield self.memory.exceeded
             return
-        if final is None:
+        if final is None and not self._stopping:
             if self._stderr_task is not None:
                 await self._stderr_task
             tail = " | ".join(self._stderr_tail[-3:])
             detail = f"media worker exited with code {returncode}"
-            yield SourceFailed(f"{detail}: {tail}" if tail else detail)
+            yield WorkerCrashed(f"{detail}: {tail}" if tail else detail)
 
     async def stop(self) -> None:
-        """Terminate the worker; kill it if it does not exit promptly."""
+        """Ask the worker to stop; SIGKILL it if it has not exited after a short grace."""
         process = self._process
         if self.memory is not None:
             await self.memory.close()
-        if process is None or process.returncode is not None:
+        if process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
+        self._stopping = True
+        drain = asyncio.create_task(self._drain_stdout())
         try:
-            await asyncio.wait_for(process.wait(), _STOP_GRACE_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            if process.returncode is None:
+                self.send(WorkerCommand(CommandName.STOP))
+                try:
+                    await asyncio.wait_for(asyncio.shield(drain), STOP_GRACE_S)
+                except TimeoutError:
+                    self.kill()
+            await drain
             await process.wait()
+        finally:
+            if process.stdin is not None:
+                process.stdin.close()
+            if self._stderr_task is not None:
+                self._stderr_task.cancel()
 
-    def _kill(self) -> None:
+    def retire(self) -> None:
+        """Ask the worker to finish (its messages then end); kill it after the grace."""
+        if self._process is None or self._process.returncode is not None:
+            return
+        self._stopping = True
+        self.send(WorkerCommand(CommandName.STOP))
+        asyncio.get_running_loop().call_later(STOP_GRACE_S, self.kill)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and everything it started."""
         if self._process is not None and self._process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+
+    def _write_line(self, line: bytes) -> None:
+        process = self._process
+        if process is None or process.stdin is None or process.stdin.is_closing():
+            return
+        with contextlib.suppress(ConnectionError):
+            process.stdin.write(line)
+
+    async def _drain_stdout(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        with contextlib.suppress(ConnectionError):
+            while await self._process.stdout.read(1 << 16):
+                pass
 
     async def _collect_stderr(self) -> None:
         assert self._process is not None and self._process.stderr is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -45,6 +45,8 @@ class PipelineSpec:
     # URL prefixes the operator trusts even when they resolve to private addresses
     # (the server's own built-in test stream).
     trusted_url_prefixes: tuple[str, ...] = ()
+    # The operator's hosts table (name → address), allowed like a trusted prefix.
+    hosts: dict[str, str] = field(default_factory=dict)
     open_timeout_s: float = 10.0
     # VOD only: start again from the beginning at the end, pts still rising.
     loop: bool = False

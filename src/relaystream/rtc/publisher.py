@@ -34,8 +34,20 @@ class RoomPublisher(Protocol):
 
 class RoomConnector(Protocol):
     async def join(
-        self, *, app_id: str, room_id: str, user_id: str, token: str, kinds: frozenset[TrackKind]
-    ) -> RoomPublisher: ...
+        self,
+        *,
+        app_id: str,
+        room_id: str,
+        user_id: str,
+        token: str,
+        sends: frozenset[TrackKind],
+        check_expiry: bool = True,
+    ) -> RoomPublisher:
+        """Join as ``user_id`` announcing both an audio and a video track (so a later
+        change of what is sent needs no renegotiation by viewers), allowed by ``token``
+        to send ``sends``. ``check_expiry=False`` for a task rejoining after a restart
+        or reconnect: its token was checked when it started."""
+        ...
 
 
 _PRIVILEGE_FOR_KIND = {
@@ -63,13 +75,20 @@ class EmbeddedRoomConnector:
         self._app_key_for = app_key_for
 
     async def join(
-        self, *, app_id: str, room_id: str, user_id: str, token: str, kinds: frozenset[TrackKind]
+        self,
+        *,
+        app_id: str,
+        room_id: str,
+        user_id: str,
+        token: str,
+        sends: frozenset[TrackKind],
+        check_expiry: bool = True,
     ) -> RoomPublisher:
         app_key = self._app_key_for(app_id)
         if app_key is None:
             raise JoinRefused(f"unknown AppId {app_id!r}", token_invalid=True)
         try:
-            for kind in kinds:
+            for kind in sends:
                 verify_token(
                     token,
                     app_id=app_id,
@@ -77,11 +96,12 @@ class EmbeddedRoomConnector:
                     room_id=room_id,
                     user_id=user_id,
                     privilege=_PRIVILEGE_FOR_KIND[kind],
+                    check_expiry=check_expiry,
                 )
         except TokenError as exc:
             raise JoinRefused(str(exc), token_invalid=True) from exc
         try:
-            publication = self._rooms.publish(app_id, room_id, user_id, kinds)
+            publication = self._rooms.publish(app_id, room_id, user_id, frozenset(TrackKind))
         except UserAlreadyPublishing as exc:
             raise JoinRefused(str(exc), token_invalid=False) from exc
         return EmbeddedPublisher(publication)

@@ -1,5 +1,8 @@
 """The embedded SFU: rooms, publications, and packet fan-out to subscribers.
 
+Listeners on a room learn when a publication starts and ends (``RoomRegistry.listen``),
+which is how pages show who is in a room without polling.
+
 A publication's track holds the packets since the last keyframe (a GOP cache) so a
 viewer who joins mid-stream gets a decodable picture at once, and hands every packet to
 each subscriber's bounded queue. A slow subscriber loses packets (video: until the next
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +30,23 @@ GOP_CACHE_MAX_PACKETS = 600  # ~10 s of 60 fps video; longer GOPs are not cached
 class TrackKind(StrEnum):
     AUDIO = "audio"
     VIDEO = "video"
+
+
+class RoomEventKind(StrEnum):
+    JOINED = "joined"
+    LEFT = "left"
+
+
+@dataclass(frozen=True)
+class RoomEvent:
+    """A publication started or ended in a room."""
+
+    kind: RoomEventKind
+    user_id: str
+    tracks: frozenset[TrackKind]
+
+
+RoomListener = Callable[[RoomEvent], None]
 
 
 class ForwardedTrack(MediaStreamTrack):
@@ -100,6 +121,10 @@ class PublishedTrack:
         self._finished = False
         self.packets_in = 0
         self.bytes_in = 0
+        # Set by a publisher that can make a keyframe on demand (a WebRTC sender, via
+        # PLI): a viewer with no cached GOP to start from then waits a round trip, not a
+        # whole keyframe interval.
+        self.request_keyframe: Callable[[], None] | None = None
 
     @property
     def subscriber_count(self) -> int:
@@ -127,6 +152,8 @@ class PublishedTrack:
         for packet in self._gop_cache:
             track.offer(packet)
         self._subscribers.add(track)
+        if self.kind is TrackKind.VIDEO and not self._gop_cache and self.request_keyframe:
+            self.request_keyframe()
         return track
 
     def finish(self) -> None:
@@ -200,6 +227,7 @@ class Room:
     def remove(self, publication: Publication) -> None:
         if self.publications.get(publication.user_id) is publication:
             del self.publications[publication.user_id]
+            self._registry.announce(self, RoomEventKind.LEFT, publication)
         if not self.publications:
             self._registry.forget(self)
 
@@ -209,6 +237,8 @@ class RoomRegistry:
 
     def __init__(self) -> None:
         self._rooms: dict[tuple[str, str], Room] = {}
+        # Keyed by room name, not Room: a listener outlives the rooms that come and go.
+        self._listeners: dict[tuple[str, str], list[RoomListener]] = {}
 
     def publish(
         self, app_id: str, room_id: str, user_id: str, kinds: frozenset[TrackKind]
@@ -219,7 +249,35 @@ class RoomRegistry:
         if user_id in room.publications:
             raise UserAlreadyPublishing(f"user {user_id!r} already publishes in room {room_id!r}")
         publication = room.publications[user_id] = Publication(room, user_id, kinds)
+        self.announce(room, RoomEventKind.JOINED, publication)
         return publication
+
+    def listen(self, app_id: str, room_id: str, listener: RoomListener) -> Callable[[], None]:
+        """Tell ``listener`` of every publication that starts or ends in the room from now
+        on; returns the function that stops it. ``publishers`` gives who is there now."""
+        key = (app_id, room_id)
+        self._listeners.setdefault(key, []).append(listener)
+
+        def stop() -> None:
+            listeners = self._listeners.get(key, [])
+            if listener in listeners:
+                listeners.remove(listener)
+            if not listeners:
+                self._listeners.pop(key, None)
+
+        return stop
+
+    def publishers(self, app_id: str, room_id: str) -> list[Publication]:
+        room = self._rooms.get((app_id, room_id))
+        return list(room.publications.values()) if room else []
+
+    def announce(self, room: Room, kind: RoomEventKind, publication: Publication) -> None:
+        event = RoomEvent(kind, publication.user_id, frozenset(publication.tracks))
+        for listener in tuple(self._listeners.get((room.app_id, room.room_id), ())):
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("room listener failed on %s", event)
 
     def find_publication(self, app_id: str, room_id: str, user_id: str) -> Publication | None:
         room = self._rooms.get((app_id, room_id))

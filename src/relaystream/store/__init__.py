@@ -2,12 +2,28 @@
 
 The store knows a task only as a ``TaskRecord``: the columns it indexes on plus a JSON
 document it does not interpret, so the task model can grow without schema changes.
+
+Several nodes may share one store, so nothing here trusts what a caller read earlier:
+every change is a compare-and-set on the record's ``version``, made inside a
+``TaskTransaction`` (the unit of work that will also carry the callback outbox row of
+the same state change). A writer whose version is stale loses with ``StaleVersion`` and
+reads again.
+
+    StoreConflict
+     ├─ StaleVersion    the record changed (or went) since it was read
+     ├─ TaskExists      an insert of a key that is already stored
+     └─ UserTaken       another active task of the room publishes as that user id
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
+
+# Status numbers are Volcengine's (1 starting, 2 running, 3 ended). The store needs to
+# know one of them: an ended task frees its user id in its room and may be purged.
+ENDED_STATUS = 3
 
 
 @dataclass(frozen=True)
@@ -15,9 +31,69 @@ class TaskRecord:
     app_id: str
     room_id: str
     task_id: str
+    user_id: str
     status: int
     create_time_ms: int
     document: dict[str, Any]
+    end_time_ms: int = 0
+    # 0 for a record not stored yet; the store sets 1 on insert and adds 1 on each update.
+    version: int = 0
+
+    def with_version(self, version: int) -> TaskRecord:
+        return replace(self, version=version)
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """One page of an AppId's tasks, optionally of one room, by creation time."""
+
+    app_id: str
+    room_id: str | None = None
+    offset: int = 0
+    limit: int = 10
+    newest_first: bool = True
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    total: int  # matching tasks in all pages
+    records: list[TaskRecord]
+
+
+class StoreConflict(Exception):
+    """A write that the stored state refuses; the caller reads again and decides."""
+
+
+class StaleVersion(StoreConflict):
+    """The record's version is no longer the one the writer read."""
+
+
+class TaskExists(StoreConflict):
+    """An insert of a task key that is already stored."""
+
+
+class UserTaken(StoreConflict):
+    """Another active task of the same room publishes as this user id."""
+
+
+class TaskTransaction(Protocol):
+    """One unit of work: all of its writes commit together, or none does.
+
+    A conflict is raised by the write itself or, for a store that sends its writes at
+    commit (SQLite), when the ``transaction()`` block ends: callers handle
+    ``StoreConflict`` around the whole block.
+    """
+
+    async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None: ...
+
+    async def insert(self, record: TaskRecord) -> TaskRecord:
+        """Store a new task at version 1; ``TaskExists`` or ``UserTaken`` if it cannot be."""
+        ...
+
+    async def update(self, record: TaskRecord) -> TaskRecord:
+        """Replace the stored task if it is still at ``record.version``, and return it at
+        the next version; ``StaleVersion`` if it is not, ``UserTaken`` as for insert."""
+        ...
 
 
 class TaskStore(Protocol):
@@ -25,10 +101,16 @@ class TaskStore(Protocol):
 
     async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None: ...
 
-    async def save(self, record: TaskRecord) -> None:
-        """Insert the record, or replace the stored one with the same key."""
+    def transaction(self) -> AbstractAsyncContextManager[TaskTransaction]:
+        """A unit of work; it commits when the block ends, and rolls back if it raises."""
         ...
 
     async def list_with_status(self, statuses: tuple[int, ...]) -> list[TaskRecord]: ...
+
+    async def query(self, query: TaskQuery) -> TaskPage: ...
+
+    async def purge_ended(self, ended_before_ms: int) -> int:
+        """Delete tasks that ended before ``ended_before_ms``; how many went."""
+        ...
 
     async def close(self) -> None: ...

@@ -1,89 +1,326 @@
-"""The default task store: one SQLite file in the data dir."""
+"""The default task store: one SQLite file in the data dir.
+
+Two connections, each used by one thread of its own: reads go to one, so List and Get
+never queue behind writers (WAL lets them read the last commit while a write is under
+way); the other commits the units of work. Every call is one hop to a thread: a unit of
+work collects its writes and commits them in a single hop (``BEGIN IMMEDIATE``, each
+compare-and-set, ``COMMIT``), so a Start costs a few hops, not one per statement, and
+no transaction stays open across an ``await``. Another process writing the same file
+is waited for (``busy_timeout``) in that thread, never on the event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
-import aiosqlite
+from relaystream.store import (
+    ENDED_STATUS,
+    StaleVersion,
+    TaskExists,
+    TaskPage,
+    TaskQuery,
+    TaskRecord,
+    TaskTransaction,
+    UserTaken,
+)
+from relaystream.store.migrations import MIGRATIONS
 
-from relaystream.store import TaskRecord
+# How long a writer waits for another connection's write lock before giving up.
+_BUSY_TIMEOUT_S = 10.0
+# Purges delete in batches so that no single transaction holds the write lock long.
+_PURGE_BATCH = 500
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS relay_tasks (
-    app_id TEXT NOT NULL,
-    room_id TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    create_time_ms INTEGER NOT NULL,
-    document TEXT NOT NULL,
-    PRIMARY KEY (app_id, room_id, task_id)
-);
-CREATE INDEX IF NOT EXISTS relay_tasks_status ON relay_tasks (status);
-CREATE INDEX IF NOT EXISTS relay_tasks_created ON relay_tasks (app_id, create_time_ms);
-"""
+# Queries are whole literals; only the fixed ORDER BY direction and the '?' placeholders
+# of an IN list are ever put together at run time, never a value.
+_SELECT = (
+    "SELECT app_id, room_id, task_id, user_id, status, create_time_ms, end_time_ms, version,"
+    " document FROM relay_tasks"
+)
+_GET = _SELECT + " WHERE app_id = ? AND room_id = ? AND task_id = ?"
+_EXISTS = "SELECT 1 FROM relay_tasks WHERE app_id = ? AND room_id = ? AND task_id = ?"
+_INSERT = (
+    "INSERT INTO relay_tasks (app_id, room_id, task_id, user_id, status, create_time_ms,"
+    " end_time_ms, version, document) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE = (
+    "UPDATE relay_tasks SET user_id = ?, status = ?, create_time_ms = ?, end_time_ms = ?,"
+    " version = ?, document = ? WHERE app_id = ? AND room_id = ? AND task_id = ? AND version = ?"
+)
+_COUNT_APP = "SELECT count(*) FROM relay_tasks WHERE app_id = ?"
+_COUNT_ROOM = "SELECT count(*) FROM relay_tasks WHERE app_id = ? AND room_id = ?"
+_PAGE_APP = _SELECT + " WHERE app_id = ?"
+_PAGE_ROOM = _SELECT + " WHERE app_id = ? AND room_id = ?"
+_PURGE = (
+    "DELETE FROM relay_tasks WHERE rowid IN (SELECT rowid FROM relay_tasks"
+    " WHERE status = ? AND end_time_ms < ? LIMIT ?)"
+)
 
-_SELECT = "SELECT app_id, room_id, task_id, status, create_time_ms, document FROM relay_tasks"
+T = TypeVar("T")
+
+
+class _Connection:
+    """One SQLite connection and the one thread that uses it."""
+
+    def __init__(self, executor: ThreadPoolExecutor, db: sqlite3.Connection) -> None:
+        self._executor = executor
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path, name: str) -> _Connection:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{name}")
+
+        def connect() -> sqlite3.Connection:
+            # isolation_level=None: no implicit transactions; each is begun explicitly.
+            db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            # WAL: readers never wait for a writer; a crash loses no commit.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            return db
+
+        try:
+            db = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, db)
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, self._db)
+
+    async def close(self) -> None:
+        await self.run(lambda db: db.close())
+        self._executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class _Insert:
+    record: TaskRecord  # as it will be stored, at version 1
+
+
+@dataclass(frozen=True)
+class _Update:
+    record: TaskRecord  # as it was read: the version to compare and set
 
 
 class SqliteTaskStore:
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self._db = connection
+    def __init__(self, reader: _Connection, writer: _Connection) -> None:
+        self._reader = reader
+        self._writer = writer
 
     @classmethod
     async def open(cls, path: Path) -> SqliteTaskStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        connection = await aiosqlite.connect(path)
-        # WAL: readers (List/Get) never wait for a writer; a crash loses no commit.
-        await connection.execute("PRAGMA journal_mode=WAL")
-        await connection.execute("PRAGMA synchronous=NORMAL")
-        await connection.executescript(_SCHEMA)
-        await connection.commit()
-        return cls(connection)
+        writer = await _Connection.open(path, "writer")
+        try:
+            await writer.run(_migrate)
+            reader = await _Connection.open(path, "reader")
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(reader, writer)
 
     async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
-        async with self._db.execute(
-            f"{_SELECT} WHERE app_id = ? AND room_id = ? AND task_id = ?",
-            (app_id, room_id, task_id),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return _to_record(row) if row else None
+        return await self._reader.run(lambda db: _get(db, app_id, room_id, task_id))
 
-    async def save(self, record: TaskRecord) -> None:
-        await self._db.execute(
-            "INSERT OR REPLACE INTO relay_tasks"
-            " (app_id, room_id, task_id, status, create_time_ms, document)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                record.app_id,
-                record.room_id,
-                record.task_id,
-                record.status,
-                record.create_time_ms,
-                json.dumps(record.document),
-            ),
-        )
-        await self._db.commit()
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[TaskTransaction]:
+        unit = _SqliteTransaction(self)
+        yield unit
+        # Reached only when the block did not raise: its writes commit together.
+        if unit.writes:
+            await self._writer.run(lambda db: _commit(db, unit.writes))
 
     async def list_with_status(self, statuses: tuple[int, ...]) -> list[TaskRecord]:
         # Only '?' placeholders are interpolated; the values are bound.
-        marks = ",".join("?" * len(statuses))
-        query = f"{_SELECT} WHERE status IN ({marks}) ORDER BY create_time_ms"
-        async with self._db.execute(query, statuses) as cursor:
-            rows = await cursor.fetchall()
+        query = _SELECT + f" WHERE status IN ({','.join('?' * len(statuses))})"
+        query += " ORDER BY create_time_ms"
+        rows = await self._reader.run(lambda db: db.execute(query, statuses).fetchall())
         return [_to_record(row) for row in rows]
 
+    async def query(self, query: TaskQuery) -> TaskPage:
+        if query.room_id is None:
+            count, page, params = _COUNT_APP, _PAGE_APP, [query.app_id]
+        else:
+            count, page, params = _COUNT_ROOM, _PAGE_ROOM, [query.app_id, query.room_id]
+        # Both orders follow an index: (app_id, create_time_ms, room_id, task_id) or
+        # (app_id, room_id, create_time_ms, task_id); the key columns break ties.
+        direction = "DESC" if query.newest_first else "ASC"
+        page += (
+            f" ORDER BY create_time_ms {direction}, room_id {direction}, task_id {direction}"
+            " LIMIT ? OFFSET ?"
+        )
+
+        def read(db: sqlite3.Connection) -> tuple[int, list[Any]]:
+            # One read transaction: the total and the page come from the same snapshot.
+            db.execute("BEGIN")
+            try:
+                total = int(db.execute(count, params).fetchone()[0])
+                rows = db.execute(page, [*params, query.limit, query.offset]).fetchall()
+            finally:
+                db.execute("COMMIT")
+            return total, rows
+
+        total, rows = await self._reader.run(read)
+        return TaskPage(total=total, records=[_to_record(row) for row in rows])
+
+    async def purge_ended(self, ended_before_ms: int) -> int:
+        def purge_batch(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = db.execute(_PURGE, (ENDED_STATUS, ended_before_ms, _PURGE_BATCH)).rowcount
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return int(deleted)
+
+        purged = 0
+        while True:
+            deleted = await self._writer.run(purge_batch)
+            purged += deleted
+            if deleted < _PURGE_BATCH:
+                return purged
+
+    async def schema_version(self) -> int:
+        return await self._reader.run(_schema_version)
+
     async def close(self) -> None:
-        await self._db.close()
+        await self._reader.close()
+        await self._writer.close()
 
 
-def _to_record(row: aiosqlite.Row | tuple[object, ...]) -> TaskRecord:
-    app_id, room_id, task_id, status, create_time_ms, document = tuple(row)
+class _SqliteTransaction:
+    """Collects a unit of work's writes; the store commits them when the block ends, so
+    a conflict (``TaskExists``, ``StaleVersion``, ``UserTaken``) is raised there."""
+
+    def __init__(self, store: SqliteTaskStore) -> None:
+        self._store = store
+        self.writes: list[_Insert | _Update] = []
+
+    async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
+        # The last commit; what this unit writes is checked against it again at commit.
+        return await self._store.get(app_id, room_id, task_id)
+
+    async def insert(self, record: TaskRecord) -> TaskRecord:
+        stored = record.with_version(1)
+        self.writes.append(_Insert(stored))
+        return stored
+
+    async def update(self, record: TaskRecord) -> TaskRecord:
+        self.writes.append(_Update(record))
+        return record.with_version(record.version + 1)
+
+
+def _commit(db: sqlite3.Connection, writes: list[_Insert | _Update]) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for write in writes:
+            if isinstance(write, _Insert):
+                _insert(db, write.record)
+            else:
+                _update(db, write.record)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _insert(db: sqlite3.Connection, record: TaskRecord) -> None:
+    try:
+        db.execute(_INSERT, _values(record))
+    except sqlite3.IntegrityError:
+        if db.execute(_EXISTS, (record.app_id, record.room_id, record.task_id)).fetchone():
+            raise TaskExists(_key(record)) from None
+        raise UserTaken(_key(record)) from None
+
+
+def _update(db: sqlite3.Connection, record: TaskRecord) -> None:
+    try:
+        cursor = db.execute(
+            _UPDATE,
+            (
+                record.user_id,
+                record.status,
+                record.create_time_ms,
+                record.end_time_ms,
+                record.version + 1,
+                json.dumps(record.document),
+                record.app_id,
+                record.room_id,
+                record.task_id,
+                record.version,
+            ),
+        )
+    except sqlite3.IntegrityError:
+        raise UserTaken(_key(record)) from None
+    if cursor.rowcount != 1:
+        raise StaleVersion(f"{_key(record)} is no longer at version {record.version}")
+
+
+def _get(db: sqlite3.Connection, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
+    row = db.execute(_GET, (app_id, room_id, task_id)).fetchone()
+    return _to_record(row) if row else None
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT version FROM schema_version").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    for target, statements in enumerate(MIGRATIONS, start=1):
+        # The version is read again inside each transaction: another process opening
+        # the same file may have applied the migration meanwhile.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if _schema_version(db) < target:
+                for statement in statements:
+                    db.execute(statement)
+                db.execute("DELETE FROM schema_version")
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def _key(record: TaskRecord) -> str:
+    return f"{record.app_id}/{record.room_id}/{record.task_id}"
+
+
+def _values(record: TaskRecord) -> tuple[Any, ...]:
+    return (
+        record.app_id,
+        record.room_id,
+        record.task_id,
+        record.user_id,
+        record.status,
+        record.create_time_ms,
+        record.end_time_ms,
+        record.version,
+        json.dumps(record.document),
+    )
+
+
+def _to_record(row: tuple[Any, ...]) -> TaskRecord:
+    app_id, room_id, task_id, user_id, status, created, ended, version, document = row
     return TaskRecord(
         app_id=str(app_id),
         room_id=str(room_id),
         task_id=str(task_id),
-        status=int(str(status)),
-        create_time_ms=int(str(create_time_ms)),
-        document=json.loads(str(document)),
+        user_id=str(user_id),
+        status=int(status),
+        create_time_ms=int(created),
+        end_time_ms=int(ended),
+        version=int(version),
+        document=json.loads(document),
     )

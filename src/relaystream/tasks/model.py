@@ -11,8 +11,20 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from relaystream.media.spec import MediaType, StreamMode
 from relaystream.store import TaskRecord
+from relaystream.tasks.control import RelayControl, control_from_plain, control_to_plain
+
+__all__ = [
+    "InvalidTransition",
+    "RelayControl",
+    "RelayTask",
+    "StopReason",
+    "TaskKey",
+    "TaskStatus",
+    "from_record",
+    "now_ms",
+    "to_record",
+]
 
 
 class TaskStatus(IntEnum):
@@ -28,7 +40,6 @@ class StopReason(StrEnum):
     SOURCE_ENDED = "SourceEnded"
     SOURCE_ERROR = "SourceError"
     TOKEN_INVALID = "TokenInvalid"  # noqa: S105 - a reason, not a secret
-    NODE_LOST = "NodeLost"
 
 
 class InvalidTransition(Exception):
@@ -43,21 +54,6 @@ class TaskKey:
 
     def __str__(self) -> str:
         return f"{self.app_id}/{self.room_id}/{self.task_id}"
-
-
-@dataclass(frozen=True)
-class RelayControl:
-    """What to relay and how (Volcengine ``Control``)."""
-
-    stream_url: str
-    media_type: MediaType = MediaType.AUDIO_AND_VIDEO
-    stream_mode: StreamMode = StreamMode.TRANSCODE
-    start_timestamp_s: int = 0
-    loop: bool = False
-    video_width: int | None = None
-    video_height: int | None = None
-    frame_rate: int = 15
-    bitrate_kbps: int | None = None
 
 
 def now_ms() -> int:
@@ -80,6 +76,8 @@ class RelayTask:
     create_time_ms: int = field(default_factory=now_ms)
     start_time_ms: int = 0
     end_time_ms: int = 0
+    # Where a VOD had got to, saved now and then, so a restarted run resumes near it.
+    resume_position_s: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -89,7 +87,13 @@ class RelayTask:
         """Media has started flowing into the room."""
         if self.status is not TaskStatus.STARTING:
             raise InvalidTransition(f"{self.key}: {self.status.name} -> RUNNING")
-        return replace(self, status=TaskStatus.RUNNING, start_time_ms=now_ms())
+        # StartTime is when media first flowed; reconnects and restarts keep it.
+        return replace(
+            self, status=TaskStatus.RUNNING, start_time_ms=self.start_time_ms or now_ms()
+        )
+
+    def at_position(self, position_s: float) -> RelayTask:
+        return replace(self, resume_position_s=position_s)
 
     def reconnecting(self) -> RelayTask:
         if self.status is not TaskStatus.RUNNING:
@@ -108,28 +112,31 @@ class RelayTask:
         )
 
 
-def to_record(task: RelayTask) -> TaskRecord:
+def to_record(task: RelayTask, version: int = 0) -> TaskRecord:
+    """The task as the store keeps it; ``version`` is the one it was read at."""
     document: dict[str, Any] = asdict(task)
     del document["key"]
+    document["control"] = control_to_plain(task.control)
     return TaskRecord(
         app_id=task.key.app_id,
         room_id=task.key.room_id,
         task_id=task.key.task_id,
+        user_id=task.user_id,
         status=int(task.status),
         create_time_ms=task.create_time_ms,
+        end_time_ms=task.end_time_ms,
         document=document,
+        version=version,
     )
 
 
 def from_record(record: TaskRecord) -> RelayTask:
     document = dict(record.document)
-    control = dict(document.pop("control"))
-    control["media_type"] = MediaType(control["media_type"])
-    control["stream_mode"] = StreamMode(control["stream_mode"])
+    control = control_from_plain(document.pop("control"))
     reason = document.pop("stop_reason")
     return RelayTask(
         key=TaskKey(record.app_id, record.room_id, record.task_id),
-        control=RelayControl(**control),
+        control=control,
         status=TaskStatus(document.pop("status")),
         stop_reason=StopReason(reason) if reason else None,
         **document,

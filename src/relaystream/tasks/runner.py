@@ -1,14 +1,26 @@
-"""One run of a relay task: wait for its start time, join the room, run a media worker
-and forward what it produces, then report why it ended."""
+"""The run of one relay task for its whole life.
+
+A run waits for the task's start time, joins the room once as the task's virtual user,
+and keeps that publication until the task ends. Media workers come and go underneath
+it — a source that drops is reconnected with backoff, a crashed worker is relaunched,
+an Update switches to a new worker — and a RoomTimeline keeps the room's timestamps
+rising across them, so viewers stay connected and see at most a pause.
+
+The run's own timers decide when it ends: idle (no media reached the room for
+MaxIdleTime, however that happened) and lifetime (from the later of the Start call and
+StartTimeStamp). The supervisor learns of visible changes through RunHooks and
+persists them; the run itself stores nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import av
 
@@ -17,14 +29,15 @@ from relaystream.media.events import (
     SourceFailed,
     SourceOpened,
     SourceProgress,
-    WorkerEvent,
 )
-from relaystream.media.process import MediaWorker
+from relaystream.media.process import MediaWorker, WorkerCrashed
 from relaystream.media.spec import PipelineSpec
 from relaystream.media.wire import EncodedPacket, MessageKind
 from relaystream.rtc.publisher import JoinRefused, RoomConnector, RoomPublisher
 from relaystream.rtc.room import TrackKind
+from relaystream.tasks.control import pipeline_fields
 from relaystream.tasks.model import RelayTask, StopReason
+from relaystream.tasks.timeline import RoomTimeline
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +50,33 @@ class SourcePolicy:
 
     allow_private: bool = False
     trusted_url_prefixes: tuple[str, ...] = ()
+    hosts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Timings of a run; tests shorten them instead of sleeping for minutes."""
+
+    lifetime_s: float = 72 * 3600
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 10.0
+    # Relaunches of a worker that crashed before any media flowed, before giving up.
+    max_crash_relaunches: int = 3
+    position_save_interval_s: float = 2.0
+    timer_tick_s: float = 0.25
+
+
+class RunHooks(Protocol):
+    """What a run tells its supervisor, which persists it before it is acted on."""
+
+    async def media_flowing(self) -> None:
+        """Media reaches the room (first time, or again after a reconnect)."""
+
+    async def reconnecting(self, detail: str) -> None:
+        """The source is lost and being reconnected; media has stopped."""
+
+    async def position(self, position_s: float) -> None:
+        """Where a VOD has got to, so a restarted run resumes near it."""
 
 
 @dataclass
@@ -76,22 +116,19 @@ class RunOutcome:
     detail: str = ""
 
 
-def pipeline_spec(task: RelayTask, policy: SourcePolicy) -> PipelineSpec:
-    control = task.control
+def pipeline_spec(
+    task: RelayTask, policy: SourcePolicy, start_position_s: float = 0.0
+) -> PipelineSpec:
     return PipelineSpec(
-        url=control.stream_url,
-        media_type=control.media_type,
-        stream_mode=control.stream_mode,
-        video_width=control.video_width,
-        video_height=control.video_height,
-        frame_rate=control.frame_rate,
-        bitrate_kbps=control.bitrate_kbps,
+        **pipeline_fields(task.control),
         allow_private_sources=policy.allow_private,
         trusted_url_prefixes=policy.trusted_url_prefixes,
+        hosts=policy.hosts,
+        start_position_s=start_position_s,
     )
 
 
-def _track_kinds(task: RelayTask) -> frozenset[TrackKind]:
+def _sent_kinds(task: RelayTask) -> frozenset[TrackKind]:
     kinds = set()
     if task.control.media_type.wants_audio:
         kinds.add(TrackKind.AUDIO)
@@ -110,83 +147,190 @@ def _to_av_packet(packet: EncodedPacket) -> av.Packet[Any]:
 
 
 class RelayRun:
-    """Runs one task until its source ends or fails; cancellation stops it cleanly."""
+    """Runs one task until it ends; cancellation stops it cleanly (worker gone, room left)."""
 
     def __init__(
         self,
         task: RelayTask,
         connector: RoomConnector,
         policy: SourcePolicy,
-        on_media_flowing: Callable[[], Awaitable[None]],
+        hooks: RunHooks,
+        settings: RunSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.task = task
         self.stats = RunStats()
         self._connector = connector
         self._policy = policy
-        self._on_media_flowing = on_media_flowing
+        self._hooks = hooks
+        self._settings = settings or RunSettings()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._timeline = RoomTimeline(clock)
         self._log = {"task": str(task.key), "user": task.user_id}
         self._worker: MediaWorker | None = None
+        self._switching = False
+        self._flowing = False
+        self._last_media_at = clock()
+        self._saved_position_at = clock()
+        self._position_s = task.resume_position_s
+
+    @property
+    def lifetime_deadline(self) -> float:
+        """Unix time at which the task expires; fixed by what was persisted at Start."""
+        started_s = max(self.task.create_time_ms / 1000, self.task.control.start_timestamp_s)
+        return started_s + self._settings.lifetime_s
 
     def current_stats(self) -> RunStats:
         if self._worker is not None:
             self.stats.worker_cpu_s = self._worker.cpu_seconds()
         return self.stats
 
+    def apply_control(self, task: RelayTask) -> None:
+        """Relay ``task``'s (updated, already persisted) Control from now on: a new
+        worker replaces the current one while the publication stays in the room. A run
+        still waiting for its start time simply starts with it."""
+        self.task = task
+        worker = self._worker
+        if worker is not None:
+            self._switching = True
+            worker.retire()
+
     async def run(self) -> RunOutcome:
-        await self._wait_for_start_time()
+        if not await self._wait_for_start_time():
+            return RunOutcome(StopReason.EXPIRED, "the task's lifetime ended before it started")
         try:
             publisher = await self._connector.join(
                 app_id=self.task.key.app_id,
                 room_id=self.task.key.room_id,
                 user_id=self.task.user_id,
                 token=self.task.token,
-                kinds=_track_kinds(self.task),
+                sends=_sent_kinds(self.task),
+                # Admitted once (at Start, or at its scheduled start): a rejoin after a
+                # restart must not fail because the token has expired since.
+                check_expiry=self.task.start_time_ms == 0,
             )
         except JoinRefused as exc:
             reason = StopReason.TOKEN_INVALID if exc.token_invalid else StopReason.SOURCE_ERROR
             return RunOutcome(reason, exc.reason)
         try:
-            return await self._relay(publisher)
+            return await self._race(self._relay(publisher), self._watch_timers())
         finally:
             await publisher.leave()
 
-    async def _wait_for_start_time(self) -> None:
-        delay_s = self.task.control.start_timestamp_s - time.time()
+    async def _wait_for_start_time(self) -> bool:
+        """Sleep until StartTimeStamp; False if the lifetime ends first."""
+        delay_s = self.task.control.start_timestamp_s - self._wall_clock()
         if delay_s > 0:
             logger.info("task %s scheduled in %.0f s", self._log["task"], delay_s)
-            await asyncio.sleep(delay_s)
+            await self._sleep(delay_s)
+        self._last_media_at = self._clock()
+        return self._wall_clock() < self.lifetime_deadline
+
+    async def _race(self, *runs: Awaitable[RunOutcome]) -> RunOutcome:
+        """The outcome of whichever finishes first; the others are cancelled."""
+        tasks = [asyncio.ensure_future(run) for run in runs]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            return next(iter(done)).result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _watch_timers(self) -> RunOutcome:
+        max_idle_s = self.task.max_idle_s
+        while True:
+            if self._wall_clock() >= self.lifetime_deadline:
+                return RunOutcome(StopReason.EXPIRED)
+            idle_s = self._clock() - self._last_media_at
+            if idle_s >= max_idle_s:
+                detail = f"no media for {max_idle_s} s"
+                if self.stats.last_error:
+                    detail += f"; last error: {self.stats.last_error}"
+                return RunOutcome(StopReason.IDLE_TIMEOUT, detail)
+            await self._sleep(self._settings.timer_tick_s)
 
     async def _relay(self, publisher: RoomPublisher) -> RunOutcome:
-        worker = self._worker = MediaWorker(
-            pipeline_spec(self.task, self._policy), log_fields=self._log
-        )
+        """Run workers one after another until one ends the task."""
+        settings = self._settings
+        backoff_s = settings.reconnect_initial_s
+        crashes = 0
+        while True:
+            final, flowed = await self._run_one_worker(publisher)
+            if self._switching:  # an Update: the next worker takes over at once
+                self._switching = False
+                continue
+            if isinstance(final, SourceEnded):
+                return RunOutcome(StopReason.SOURCE_ENDED)
+            if isinstance(final, SourceFailed) and not final.retryable:
+                self.stats.last_error = final.detail
+                return RunOutcome(StopReason.SOURCE_ERROR, final.detail)
+            if flowed:
+                backoff_s, crashes = settings.reconnect_initial_s, 0
+            if isinstance(final, WorkerCrashed):
+                crashes += 1
+                if crashes > settings.max_crash_relaunches:
+                    return RunOutcome(StopReason.SOURCE_ERROR, final.detail)
+            self.stats.last_error = final.detail
+            logger.warning("task %s: reconnecting: %s", self._log["task"], final.detail)
+            if self._flowing:
+                self._flowing = False
+                await self._hooks.reconnecting(final.detail)
+            await self._sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, settings.reconnect_max_s)
+
+    async def _run_one_worker(
+        self, publisher: RoomPublisher
+    ) -> tuple[SourceEnded | SourceFailed | WorkerCrashed, bool]:
+        """Run a worker to its end: (its final message, whether media flowed)."""
+        live = self.stats.opened is not None and self.stats.opened.live
+        spec = pipeline_spec(self.task, self._policy, 0.0 if live else self._position_s)
+        worker = self._worker = MediaWorker(spec, log_fields=self._log)
+        self._timeline.new_worker()
+        flowed = False
         try:
             await worker.start()
             async for message in worker.messages():
                 if isinstance(message, EncodedPacket):
-                    first = self.stats.first_packet_at is None
-                    publisher.send(_TRACK_KIND[message.kind], _to_av_packet(message))
-                    self.stats.count(message)
-                    if first:
-                        await self._on_media_flowing()
+                    if await self._forward(publisher, message):
+                        flowed = True
+                elif isinstance(message, SourceEnded | SourceFailed | WorkerCrashed):
+                    return message, flowed
                 else:
-                    outcome = self._handle_event(message)
-                    if outcome is not None:
-                        return outcome
-            return RunOutcome(StopReason.SOURCE_ERROR, "media worker ended without a reason")
+                    await self._note(message)
+            return WorkerCrashed("media worker stopped"), flowed
         finally:
-            await worker.stop()
             self._worker = None
+            await worker.stop()
 
-    def _handle_event(self, event: WorkerEvent) -> RunOutcome | None:
+    async def _forward(self, publisher: RoomPublisher, packet: EncodedPacket) -> bool:
+        rebased = self._timeline.rebase(packet)
+        if rebased is None:
+            return False
+        publisher.send(_TRACK_KIND[rebased.kind], _to_av_packet(rebased))
+        self.stats.count(rebased)
+        self._last_media_at = self._clock()
+        if not self._flowing:
+            self._flowing = True
+            if self.stats.last_error:
+                self.stats.reconnects += 1
+            await self._hooks.media_flowing()
+        return True
+
+    async def _note(self, event: SourceOpened | SourceProgress) -> None:
         if isinstance(event, SourceOpened):
             self.stats.opened = event
-        elif isinstance(event, SourceProgress):
-            self.stats.progress = event
-        elif isinstance(event, SourceEnded):
-            return RunOutcome(StopReason.SOURCE_ENDED)
-        elif isinstance(event, SourceFailed):
-            self.stats.last_error = event.detail
-            logger.warning("task %s: source error: %s", self._log["task"], event.detail)
-            return RunOutcome(StopReason.SOURCE_ERROR, event.detail)
-        return None
+            return
+        self.stats.progress = event
+        self._position_s = event.position_s
+        now = self._clock()
+        if now - self._saved_position_at >= self._settings.position_save_interval_s:
+            self._saved_position_at = now
+            await self._hooks.position(event.position_s)

@@ -1,15 +1,23 @@
-"""What the API actions do to tasks: validation that needs state, then the supervisor."""
+"""What the API actions do to tasks: validation that needs state, then the supervisor.
+
+Nothing here serialises one Start behind another: two Starts of one task meet in the
+store (one insert wins, the other sees an active task), two tasks for one user in one
+room meet on the store's uniqueness rule, and the running caps are counters.
+"""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from relaystream.rtc.token import AppKeyLookup, Privilege, TokenError, verify_token
+from relaystream.store import TaskQuery, UserTaken
+from relaystream.tasks.control import RelayControl
+from relaystream.tasks.limits import TaskLimitReached
 from relaystream.tasks.model import RelayTask, StopReason, TaskKey
 from relaystream.tasks.runner import RunStats
-from relaystream.tasks.supervisor import TaskSupervisor
+from relaystream.tasks.supervisor import TaskAlreadyActive, TaskSupervisor
 
 
 class TaskRequestError(Exception):
@@ -32,36 +40,59 @@ class TaskView:
     stats: RunStats | None
 
 
+@dataclass(frozen=True)
+class TaskList:
+    total: int  # matching tasks in all pages
+    tasks: list[RelayTask]
+
+
 class TaskService:
     def __init__(self, supervisor: TaskSupervisor, app_key_for: AppKeyLookup) -> None:
         self._supervisor = supervisor
         self._app_key_for = app_key_for
-        self._start_lock = asyncio.Lock()
 
     async def start(self, task: RelayTask) -> StartResult:
-        # One start at a time: two concurrent starts of one task (or of two tasks for
-        # one user) must not both pass the checks below.
-        async with self._start_lock:
-            return await self._start(task)
-
-    async def _start(self, task: RelayTask) -> StartResult:
-        existing = await self._supervisor.load(task.key)
-        if existing is not None and existing.active:
+        """Start a new run of ``task``; ``TaskLimitReached`` when the caps are full."""
+        try:
+            self._check_token(task)
+            await self._supervisor.launch(task)
+        except (TaskRequestError, TaskLimitReached):
+            # A repeated Start of an active task is answered as such, whatever its token
+            # and however full the caps (the common path never reads the task first).
+            if await self._is_active(task.key):
+                return StartResult.ALREADY_ACTIVE
+            raise
+        except TaskAlreadyActive:
             return StartResult.ALREADY_ACTIVE
-        self._check_token(task)
-        for other in await self._supervisor.active_tasks():
-            same_room = (other.key.app_id, other.key.room_id) == (task.key.app_id, task.key.room_id)
-            if same_room and other.user_id == task.user_id:
-                raise TaskRequestError(
-                    "UserId",
-                    f"{task.user_id!r} already publishes in room {task.key.room_id!r} "
-                    f"(task {other.key.task_id!r})",
-                )
-        await self._supervisor.launch(task)
+        except UserTaken:
+            raise TaskRequestError(
+                "UserId",
+                f"{task.user_id!r} already publishes in room {task.key.room_id!r} "
+                "as another active task",
+            ) from None
         return StartResult.STARTED
+
+    async def _is_active(self, key: TaskKey) -> bool:
+        existing = await self._supervisor.load(key)
+        return existing is not None and existing.active
 
     async def stop(self, key: TaskKey) -> RelayTask | None:
         return await self._supervisor.stop(key, StopReason.API_STOP)
+
+    async def update(
+        self, key: TaskKey, change: Callable[[RelayControl], RelayControl]
+    ) -> RelayTask | None:
+        """Give an active task the Control ``change`` makes from its own; None when the
+        task is unknown or ended."""
+        return await self._supervisor.update(key, change)
+
+    async def list(
+        self, app_id: str, room_id: str | None, *, offset: int, limit: int, newest_first: bool
+    ) -> TaskList:
+        total, tasks = await self._supervisor.list_tasks(
+            TaskQuery(app_id, room_id, offset=offset, limit=limit, newest_first=newest_first)
+        )
+        return TaskList(total, tasks)
 
     async def get(self, key: TaskKey) -> TaskView | None:
         task = await self._supervisor.load(key)

@@ -1,9 +1,12 @@
 """The TaskSupervisor: owns every running relay, records every state change.
 
-Each task runs as one asyncio task around a RelayRun (whose media work happens in a
-worker process). A catch-all at that boundary turns any failure into a SourceError
+Each task runs as one asyncio task around a RelayRun (whose media work happens in
+worker processes). A catch-all at that boundary turns any failure into a SourceError
 stop instead of a crashed server. State changes are persisted before they are acted on,
-and a shutdown leaves active tasks active so the next start resumes them.
+each a compare-and-set on the stored version (another node, or another coroutine, may
+have changed the task since it was read: the change is then applied again to what is
+stored now). A shutdown leaves active tasks active so the next start resumes them: a
+VOD near its saved position, a live source by reconnecting.
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from relaystream.rtc.publisher import RoomConnector
-from relaystream.store import TaskStore
+from relaystream.store import StaleVersion, TaskExists, TaskQuery, TaskStore
+from relaystream.tasks.control import RelayControl
+from relaystream.tasks.limits import RunningSlots, Slot, TaskLimitReached
 from relaystream.tasks.model import (
     RelayTask,
     StopReason,
@@ -23,24 +30,45 @@ from relaystream.tasks.model import (
     from_record,
     to_record,
 )
-from relaystream.tasks.runner import RelayRun, RunOutcome, RunStats, SourcePolicy
+from relaystream.tasks.runner import RelayRun, RunOutcome, RunSettings, RunStats, SourcePolicy
 
 logger = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = (int(TaskStatus.STARTING), int(TaskStatus.RUNNING))
 
+# Compare-and-set retries before giving up: each lost race means another writer made
+# progress, so running out of them means something is badly wrong.
+_MAX_ATTEMPTS = 20
+
+
+class TaskAlreadyActive(Exception):
+    """A new run of a task that is not ended."""
+
 
 class TaskSupervisor:
-    def __init__(self, store: TaskStore, connector: RoomConnector, policy: SourcePolicy) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        connector: RoomConnector,
+        policy: SourcePolicy,
+        slots: RunningSlots | None = None,
+        settings: RunSettings | None = None,
+    ) -> None:
         self._store = store
         self._connector = connector
         self._policy = policy
+        self._slots = slots or RunningSlots.unlimited()
+        self._settings = settings or RunSettings()
         self._runs: dict[TaskKey, tuple[RelayRun, asyncio.Task[None]]] = {}
-        self._lock = asyncio.Lock()
 
     async def load(self, key: TaskKey) -> RelayTask | None:
         record = await self._store.get(key.app_id, key.room_id, key.task_id)
         return from_record(record) if record else None
+
+    async def list_tasks(self, query: TaskQuery) -> tuple[int, list[RelayTask]]:
+        """(how many tasks match in all, this page of them)."""
+        page = await self._store.query(query)
+        return page.total, [from_record(record) for record in page.records]
 
     async def active_tasks(self) -> list[RelayTask]:
         return [from_record(r) for r in await self._store.list_with_status(ACTIVE_STATUSES)]
@@ -52,16 +80,46 @@ class TaskSupervisor:
     async def resume(self) -> int:
         """Start the runs of tasks that were active when the server last stopped."""
         tasks = await self.active_tasks()
+        resumed = 0
         for task in tasks:
-            if task.status is TaskStatus.RUNNING:
-                task = await self._save(task.reconnecting())
-            self._spawn(task)
-        return len(tasks)
+            current = await self._transition(
+                task.key, lambda t: t.reconnecting() if t.status is TaskStatus.RUNNING else t
+            )
+            if current is not None:
+                self._spawn(current)
+                resumed += 1
+        return resumed
 
     async def launch(self, task: RelayTask) -> None:
-        """Persist a new run of ``task`` (status 1) and start it."""
-        await self._save(task)
-        self._spawn(task)
+        """Persist a new run of ``task`` (status 1) and start it.
+
+        A task due now takes a running slot first (``TaskLimitReached`` if the caps are
+        full); a scheduled one takes it at its start time. ``TaskAlreadyActive`` if the
+        task is not ended, ``UserTaken`` if its user already publishes in the room.
+        """
+        slot = self._slots.take(task.key.app_id) if _due(task) else None
+        try:
+            await self._save(task)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+        self._spawn(task, slot)
+
+    async def update(
+        self, key: TaskKey, change: Callable[[RelayControl], RelayControl]
+    ) -> RelayTask | None:
+        """Persist a new Control for an active task, then hand it to the task's run.
+
+        ``change`` makes the new Control from the stored one (it may be applied again if
+        another writer got there first, and may raise to refuse). None when the task is
+        unknown or ended.
+        """
+        task = await self._transition(key, lambda t: replace(t, control=change(t.control)))
+        entry = self._runs.get(key)
+        if task is not None and entry is not None:
+            entry[0].apply_control(task)
+        return task
 
     async def stop(self, key: TaskKey, reason: StopReason, detail: str = "") -> RelayTask | None:
         """End an active task; None when it is unknown or already ended."""
@@ -74,50 +132,120 @@ class TaskSupervisor:
         return task
 
     async def shutdown(self) -> None:
-        """Stop the runs without ending their tasks: they resume on the next start."""
+        """Stop the runs without ending their tasks: they resume on the next start.
+
+        The runs stop side by side, so shutting down takes one worker's stop grace,
+        not one per task."""
         entries = list(self._runs.values())
         self._runs.clear()
         for _, handle in entries:
             handle.cancel()
         await asyncio.gather(*(handle for _, handle in entries), return_exceptions=True)
 
-    def _spawn(self, task: RelayTask) -> None:
-        async def media_flowing() -> None:
-            await self._transition(
-                task.key, lambda t: t.running() if t.status is TaskStatus.STARTING else t
-            )
-
-        run = RelayRun(task, self._connector, self._policy, media_flowing)
-        handle = asyncio.create_task(self._supervise(run), name=f"relay {task.key}")
+    def _spawn(self, task: RelayTask, slot: Slot | None = None) -> None:
+        run = RelayRun(task, self._connector, self._policy, _Hooks(self, task.key), self._settings)
+        handle = asyncio.create_task(self._supervise(run, slot), name=f"relay {task.key}")
         self._runs[task.key] = (run, handle)
 
-    async def _supervise(self, run: RelayRun) -> None:
+    async def _supervise(self, run: RelayRun, slot: Slot | None) -> None:
         key = run.task.key
         try:
+            if slot is None:
+                slot = await self._slot_when_due(run.task)
             outcome = await run.run()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.exception("task %s failed", key)
             outcome = RunOutcome(StopReason.SOURCE_ERROR, f"internal error: {type(exc).__name__}")
+        finally:
+            if slot is not None:
+                slot.release()
         if self._runs.get(key, (None,))[0] is run:
             del self._runs[key]
         await self._transition(key, lambda t: t.stopped(outcome.reason, outcome.detail))
         logger.info("task %s ended: %s %s", key, outcome.reason, outcome.detail)
 
+    async def _slot_when_due(self, task: RelayTask) -> Slot:
+        """Wait for a scheduled (or resumed) task's start time, then for a free slot."""
+        delay_s = task.control.start_timestamp_s - time.time()
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        try:
+            return self._slots.take(task.key.app_id)
+        except TaskLimitReached as full:
+            logger.warning("task %s waits for a running slot: %s", task.key, full)
+        return await self._slots.wait_and_take(task.key.app_id)
+
     async def _transition(
         self, key: TaskKey, change: Callable[[RelayTask], RelayTask]
     ) -> RelayTask | None:
-        async with self._lock:
-            task = await self.load(key)
-            if task is None or not task.active:
+        """Apply ``change`` to the stored task and save it, if it is active; the result
+        (None when it is unknown or ended). A lost compare-and-set reads and applies
+        ``change`` again."""
+        for _ in range(_MAX_ATTEMPTS):
+            record = await self._store.get(key.app_id, key.room_id, key.task_id)
+            if record is None:
+                return None
+            task = from_record(record)
+            if not task.active:
                 return None
             changed = change(task)
-            if changed is not task:
-                await self._store.save(to_record(changed))
+            if changed is task:
+                return task
+            try:
+                async with self._store.transaction() as unit:
+                    await unit.update(to_record(changed, record.version))
+            except StaleVersion:
+                continue
             return changed
+        raise RuntimeError(f"{key}: gave up after {_MAX_ATTEMPTS} conflicting writes")
 
     async def _save(self, task: RelayTask) -> RelayTask:
-        async with self._lock:
-            await self._store.save(to_record(task))
-        return task
+        """Store a new run of ``task``: a new key (one write, the common case), or one
+        whose last run has ended (compare-and-set on the ended run's version)."""
+        new, key = to_record(task), task.key
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                async with self._store.transaction() as unit:
+                    await unit.insert(new)
+                return task
+            except TaskExists:
+                pass
+            try:
+                async with self._store.transaction() as unit:
+                    stored = await unit.get(key.app_id, key.room_id, key.task_id)
+                    if stored is None:
+                        continue  # purged meanwhile: insert again
+                    if stored.status != TaskStatus.ENDED:
+                        raise TaskAlreadyActive(str(key))
+                    await unit.update(new.with_version(stored.version))
+                return task
+            except StaleVersion:
+                continue  # changed meanwhile: look again
+        raise RuntimeError(f"{key}: gave up after {_MAX_ATTEMPTS} conflicting writes")
+
+
+def _due(task: RelayTask) -> bool:
+    return task.control.start_timestamp_s <= time.time()
+
+
+class _Hooks:
+    """What one run reports, persisted as transitions of its task."""
+
+    def __init__(self, supervisor: TaskSupervisor, key: TaskKey) -> None:
+        self._supervisor = supervisor
+        self._key = key
+
+    async def media_flowing(self) -> None:
+        await self._supervisor._transition(
+            self._key, lambda t: t.running() if t.status is TaskStatus.STARTING else t
+        )
+
+    async def reconnecting(self, detail: str) -> None:
+        await self._supervisor._transition(
+            self._key, lambda t: t.reconnecting() if t.status is TaskStatus.RUNNING else t
+        )
+
+    async def position(self, position_s: float) -> None:
+        await self._supervisor._transition(self._key, lambda t: t.at_position(position_s))

@@ -1,0 +1,58 @@
+"""The task store's schema, as an ordered list of migrations.
+
+A database records how many migrations it has applied (``schema_version``); opening it
+applies the rest, each in its own transaction, so a file made by any earlier release
+is brought up to date in place. Append new migrations; never edit an applied one.
+
+The statements are plain SQL that SQLite and PostgreSQL both accept, except where a
+migration says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+Migration = tuple[str, ...]
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    # 1: the first release's table. IF NOT EXISTS, because databases made before
+    # migrations existed have it already (and no schema_version table).
+    (
+        """CREATE TABLE IF NOT EXISTS relay_tasks (
+            app_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            create_time_ms INTEGER NOT NULL,
+            document TEXT NOT NULL,
+            PRIMARY KEY (app_id, room_id, task_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS relay_tasks_status ON relay_tasks (status)",
+        "CREATE INDEX IF NOT EXISTS relay_tasks_created ON relay_tasks (app_id, create_time_ms)",
+    ),
+    # 2: versions for compare-and-set, the user id for the one-publisher-per-user rule,
+    # the end time for retention, and the indexes List pages through.
+    (
+        "ALTER TABLE relay_tasks ADD COLUMN user_id TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE relay_tasks ADD COLUMN end_time_ms INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE relay_tasks ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+        # Rows written before this migration hold both values in their document only
+        # (SQLite's JSON functions; PostgreSQL would read document::json).
+        """UPDATE relay_tasks SET
+            user_id = coalesce(json_extract(document, '$.user_id'), ''),
+            end_time_ms = coalesce(json_extract(document, '$.end_time_ms'), 0)""",
+        "DROP INDEX IF EXISTS relay_tasks_created",
+        """CREATE INDEX relay_tasks_app_order
+            ON relay_tasks (app_id, create_time_ms, room_id, task_id)""",
+        """CREATE INDEX relay_tasks_room_order
+            ON relay_tasks (app_id, room_id, create_time_ms, task_id)""",
+        # Two active tasks may not publish as the same user in one room, on any node.
+        """CREATE UNIQUE INDEX relay_tasks_active_user
+            ON relay_tasks (app_id, room_id, user_id) WHERE status <> 3""",
+        # Status lookups (resume) and the retention purge (ended, by end time).
+        "DROP INDEX IF EXISTS relay_tasks_status",
+        "CREATE INDEX relay_tasks_status_end ON relay_tasks (status, end_time_ms)",
+    ),
+)
+
+LATEST_VERSION: Final = len(MIGRATIONS)

@@ -1,0 +1,72 @@
+"""Serves the room page, the console and their static files, with strict headers.
+
+Every page is the same file for every visitor: no secret or per-user data is ever
+rendered into it. What a page needs from the server beyond its files is public
+(``/console/settings.json``: the region and the built-in test stream's URL).
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from aiohttp import web
+
+STATIC_FILES = {
+    "room.html": "text/html",
+    "room.js": "text/javascript",
+    "console.html": "text/html",
+    "console.js": "text/javascript",
+    "volcengine.js": "text/javascript",
+    "style.css": "text/css",
+}
+
+# Scripts, styles and fetches from this origin only: an injected script could read the
+# console's secret key, so none may run. WebRTC media is not governed by connect-src.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; media-src 'self' blob: mediastream:; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def _static(name: str) -> web.Response:
+    body = (files("relaystream.web") / "static" / name).read_bytes()
+    return web.Response(
+        body=body,
+        content_type=STATIC_FILES[name],
+        charset="utf-8",
+        headers=_SECURITY_HEADERS,
+    )
+
+
+class WebPages:
+    def __init__(self, *, region: str, demo_stream_url: str) -> None:
+        self._settings = {"region": region, "demoStreamUrl": demo_stream_url}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/rooms/{app_id}/{room_id}", self.room_page),
+            web.get("/console", self.console),
+            web.get("/console/settings.json", self.settings),
+            web.get("/static/{name}", self.static_file),
+        ]
+
+    async def room_page(self, _: web.Request) -> web.Response:
+        return _static("room.html")
+
+    async def console(self, _: web.Request) -> web.Response:
+        return _static("console.html")
+
+    async def settings(self, _: web.Request) -> web.Response:
+        return web.json_response(self._settings, headers={"Cache-Control": "no-cache"})
+
+    async def static_file(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in STATIC_FILES:
+            raise web.HTTPNotFound(text="no such file\n")
+        return _static(name)

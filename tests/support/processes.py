@@ -1,0 +1,21 @@
+"""Finding a server's media worker processes, to crash or freeze them in tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def media_worker_pids(server_pid: int) -> set[int]:
+    """Media worker processes started by the server."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == server_pid and b"relaystream.media.worker" in cmdline:
+            pids.add(int(entry.name))
+    return pids

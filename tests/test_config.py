@@ -1,0 +1,72 @@
+"""Settings: the [sources] address policy, running caps and retention: defaults,
+overrides, refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from relaystream.config import ConfigError, parse_config
+
+APP = "5f8a1c2b3d4e5f6a7b8c9d0e"
+OTHER = "aaaaaaaaaaaaaaaaaaaaaaaa"
+
+
+def test_caps_and_retention_have_defaults() -> None:
+    config = parse_config({"apps": [{"app_id": APP, "app_key": "k"}]}, "test")
+
+    assert config.tasks.retention_s == 7 * 24 * 3600
+    assert config.tasks.max_running_per_node == 64
+    assert config.max_running_for(APP) == config.tasks.max_running_per_app == 64
+
+
+def test_an_app_may_set_its_own_cap() -> None:
+    config = parse_config(
+        {
+            "tasks": {"max_running_per_app": 5, "retention_s": 60, "purge_interval_s": 0.5},
+            "apps": [
+                {"app_id": APP, "app_key": "k", "max_running_tasks": 2},
+                {"app_id": OTHER, "app_key": "k"},
+            ],
+        },
+        "test",
+    )
+
+    assert config.max_running_for(APP) == 2
+    assert config.max_running_for(OTHER) == 5
+    assert (config.tasks.retention_s, config.tasks.purge_interval_s) == (60, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("tasks", "key"),
+    [
+        ({"max_running_per_node": 0}, "tasks.max_running_per_node"),
+        ({"retention_s": -1}, "tasks.retention_s"),
+        ({"max_running": 3}, "tasks.max_running"),
+    ],
+)
+def test_a_bad_cap_or_retention_is_refused_naming_the_key(
+    tasks: dict[str, object], key: str
+) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_config({"tasks": tasks}, "test")
+
+
+def test_sources_settings_are_read() -> None:
+    config = parse_config(
+        {
+            "sources": {
+                "allow_private": False,
+                "trusted_url_prefixes": ["http://10.0.0.8:8000/live/"],
+                "hosts": {"cdn.internal": "10.0.0.8"},
+            }
+        },
+        "test.toml",
+    )
+
+    assert config.sources.trusted_url_prefixes == ("http://10.0.0.8:8000/live/",)
+    assert config.sources.hosts == {"cdn.internal": "10.0.0.8"}
+
+
+def test_a_hosts_entry_must_be_an_address() -> None:
+    with pytest.raises(ConfigError, match=r"hosts\.cdn\.internal: 'cdn\.example' is not an IP"):
+        parse_config({"sources": {"hosts": {"cdn.internal": "cdn.example"}}}, "test.toml")
