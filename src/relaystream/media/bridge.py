@@ -60,9 +60,17 @@ class CliBridge:
     """One run of the ffmpeg CLI feeding one PyAV container."""
 
     def __init__(
-        self, spec: PipelineSpec, kind: SourceKind, start_position_s: float, *, loop: bool
+        self,
+        spec: PipelineSpec,
+        kind: SourceKind,
+        start_position_s: float,
+        *,
+        loop: bool,
+        url: str | None = None,
     ) -> None:
         self._spec = spec
+        # The URL the CLI opens: for SRT, the checked address instead of the host name.
+        self._url = url or spec.url
         self._kind = kind
         self.start_position_s = start_position_s
         self.loop = loop
@@ -84,7 +92,7 @@ class CliBridge:
             *_protocol_options(self._spec, self._kind),
             *seek,
             "-i",
-            self._spec.url,
+            self._url,
             "-map",
             "0:v:0?",
             "-map",

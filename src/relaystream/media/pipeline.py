@@ -45,7 +45,13 @@ from relaystream.media.formats import (
     source_kind,
     unverified_tls_context,
 )
-from relaystream.media.source import check_scheme, open_source, policy_failure, source_policy
+from relaystream.media.source import (
+    check_scheme,
+    open_source,
+    pin_stream_url,
+    policy_failure,
+    source_policy,
+)
 from relaystream.media.spec import MediaType, PipelineSpec, StreamMode
 from relaystream.media.timeline import Timeline
 from relaystream.media.video import (
@@ -236,6 +242,7 @@ class RelayPipeline:
         self._audio: AudioProcessor | None = None
         self._bridge: CliBridge | None = None
         self._manifest: DashManifest | None = None
+        self._bridge_url: str | None = None
         # Where in the source the current open started (a bridged source's own seek).
         self._position_base_s = 0.0
         self._live = True
@@ -314,6 +321,9 @@ class RelayPipeline:
                 raise policy_failure(exc) from None
 
         check_url(self._spec.url)
+        if self._kind is SourceKind.SRT:
+            # The CLI connects to the address checked here: a second DNS answer is unused.
+            self._bridge_url = pin_stream_url(self._spec.url, policy)[0]
         if self._kind is SourceKind.DASH:
             limits = HttpLimits(
                 read_timeout_s=self._spec.open_timeout_s,
@@ -333,7 +343,9 @@ class RelayPipeline:
             self._bridge.close()
         manifest = self._manifest
         loops_itself = self._spec.loop and manifest is not None and not manifest.live
-        self._bridge = CliBridge(self._spec, self._kind, position_s, loop=loops_itself)
+        self._bridge = CliBridge(
+            self._spec, self._kind, position_s, loop=loops_itself, url=self._bridge_url
+        )
         self._position_base_s = position_s
         return self._bridge.open()
 
