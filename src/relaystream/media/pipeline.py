@@ -154,8 +154,11 @@ class SelectedTracks:
 
 
 def select_tracks(container: av.container.InputContainer, media_type: MediaType) -> SelectedTracks:
-    video = container.streams.video[0] if container.streams.video else None
-    audio = container.streams.audio[0] if container.streams.audio else None
+    # A stream whose codec FFmpeg cannot name has no codec context: not a candidate.
+    videos = [s for s in container.streams.video if s.codec_context is not None]
+    audios = [s for s in container.streams.audio if s.codec_context is not None]
+    video = videos[0] if videos else None
+    audio = audios[0] if audios else None
     if media_type is MediaType.AUDIO_ONLY:
         if audio is None:
             raise SourceError("MediaType 1 (audio only) but the source has no audio")

@@ -47,7 +47,12 @@ class VideoRemuxer:
             raise SourceError(
                 f"unsupported codec: remux mode needs H.264 video, the source has {codec_name}"
             )
-        self._annexb = BitStreamFilterContext("h264_mp4toannexb", in_stream=stream)
+        try:
+            self._annexb = BitStreamFilterContext("h264_mp4toannexb", in_stream=stream)
+        except av.error.FFmpegError:
+            raise SourceError(
+                "corrupt data: the source's H.264 parameter sets are invalid"
+            ) from None
 
     def process(self, packet: av.Packet[Any] | None) -> Iterator[EncodedPacket]:
         for out in self._annexb.filter(packet):
