@@ -67,3 +67,12 @@ def test_a_restart_resumes_every_track_at_the_end_of_the_longest() -> None:
 
     assert timeline.rebase(1, 0.0, 0.02) == pytest.approx(0.2)
     assert timeline.rebase(0, 0.0, FRAME_S) == pytest.approx(0.2)
+
+
+def test_packets_squeezed_one_tick_apart_are_spread_to_their_own_duration() -> None:
+    # What the ffmpeg CLI makes of overlapping live segments: the clock "repaired" into
+    # steps of one 90 kHz tick. Played as they are, a viewer would get 100 frames/s.
+    tick = 1 / 90_000
+    out = play(Timeline(), 0, [0.0, 0.04, 0.08, 0.08 + tick, 0.08 + 2 * tick, 0.08 + 3 * tick])
+
+    assert out == pytest.approx([0.0, 0.04, 0.08, 0.12, 0.16, 0.2])

@@ -19,10 +19,13 @@ from dataclasses import dataclass
 
 # A packet further than this from where its track's previous packet ended is a
 # discontinuity. Forward gaps shorter than this are kept (a real gap in a live stream
-# the pacer plays as it came). Decode time never goes back in a sane stream, so any
-# step back beyond rounding is a jump: output must stay monotonic for the viewer.
+# the pacer plays as it came).
 FORWARD_JUMP_S = 1.0
-BACKWARD_JUMP_S = 0.001
+# A packet that starts before the previous one is half over overlaps it: a clock that
+# went back, or one "repaired" by a remuxer into steps of one tick (the ffmpeg CLI does
+# that to a live DASH stream whose segments overlap). Either way it is a jump: output
+# must stay monotonic and paced for the viewer.
+OVERLAP_FRACTION = 0.5
 # When a packet does not say how long it lasts.
 DEFAULT_DURATION_S = 0.02
 
@@ -32,6 +35,7 @@ class _TrackClock:
     offset_s: float
     end_s: float | None = None  # output time where the track's last packet ended
     last_source_s: float | None = None
+    last_duration_s: float = DEFAULT_DURATION_S
 
 
 class Timeline:
@@ -56,12 +60,13 @@ class Timeline:
         elif clock.end_s is not None and clock.last_source_s is not None:
             expected_s = clock.end_s - clock.offset_s
             gap_s = source_s - expected_s
-            went_back = source_s < clock.last_source_s - BACKWARD_JUMP_S
-            if gap_s > FORWARD_JUMP_S or went_back:
+            overlaps = gap_s < -OVERLAP_FRACTION * clock.last_duration_s
+            if gap_s > FORWARD_JUMP_S or overlaps:
                 self.discontinuities += 1
                 clock.offset_s = clock.end_s - source_s
         output_s = source_s + clock.offset_s
         clock.last_source_s = source_s
+        clock.last_duration_s = duration_s
         clock.end_s = max(clock.end_s or output_s, output_s + duration_s)
         return output_s
 
