@@ -153,7 +153,10 @@ async def test_a_missing_source_fails_at_once(
     await start(relay_server, rtc, "missing", f"{base_url}/no-such-clip.flv", max_idle_s=60)
 
     task = await wait_for_status(rtc, ROOM, "missing", 3, timeout_s=10)
-    assert (task["StopReason"], task["StopDetail"]) == ("SourceError", "404 not found")
+    assert (task["StopReason"], task["StopDetail"]) == (
+        "SourceError",
+        "HTTP 404: the source server has no such stream",
+    )
     assert time.monotonic() - started_at < 5
 
 

@@ -43,6 +43,9 @@ class AppConfig(_Strict):
     qps_limit: Annotated[int, Field(gt=0)] = 150
     # Running tasks of this AppId on one node; [tasks] max_running_per_app when unset.
     max_running_tasks: Annotated[int | None, Field(gt=0)] = None
+    # https and rtmps sources must present a certificate the system trusts; an app that
+    # pulls from servers with self-signed certificates may turn this off.
+    tls_verify: bool = True
 
 
 class SourcesConfig(_Strict):
@@ -58,6 +61,17 @@ class SourcesConfig(_Strict):
             if literal_address(address) is None:
                 raise ValueError(f"hosts.{name}: {address!r} is not an IP address")
         return self
+
+
+class MediaConfig(_Strict):
+    """Limits on one media worker, so that one source cannot starve the others."""
+
+    # The server kills a worker whose resident memory passes this; its task ends with a
+    # reason that says so, and is not relaunched.
+    worker_memory_limit_mb: Annotated[int, Field(ge=64)] = 1024
+    # Transcoding a larger picture is refused (portrait measured like landscape).
+    max_transcode_width: Annotated[int, Field(ge=16)] = 4096
+    max_transcode_height: Annotated[int, Field(ge=16)] = 2160
 
 
 class TasksConfig(_Strict):
@@ -130,6 +144,7 @@ class Config(_Strict):
     sources: SourcesConfig = SourcesConfig()
     tasks: TasksConfig = TasksConfig()
     rtc: RtcConfig = RtcConfig()
+    media: MediaConfig = MediaConfig()
     metrics: MetricsConfig = MetricsConfig()
     server: ServerConfig = ServerConfig()
 

@@ -36,6 +36,8 @@ DESCRIPTIONS: dict[str, str] = {
     "`FlowLimitExceeded.QPSOverLimit`.",
     "apps.max_running_tasks": "Running tasks of this AppId on one node; unset: "
     "`[tasks] max_running_per_app`.",
+    "apps.tls_verify": "Check the certificates of this AppId's https and rtmps sources "
+    "(against the system CA bundle); false reads them unchecked.",
     "sources": "What a task's `StreamUrl` may reach.",
     "sources.allow_private": "Let sources reach loopback, private and link-local addresses "
     "(a test, or a source on your own network).",
@@ -74,6 +76,11 @@ DESCRIPTIONS: dict[str, str] = {
     "server.tls_cert": "PEM certificate (with its chain) to serve everything over HTTPS; "
     "with `tls_key`. `serve --tls-cert` overrides it.",
     "server.tls_key": "PEM private key of `tls_cert`. `serve --tls-key` overrides it.",
+    "media": "What one media worker may spend; a worker past a limit ends its own task.",
+    "media.worker_memory_limit_mb": "A worker whose memory passes this is killed; its task "
+    "ends `SourceError` and is not relaunched.",
+    "media.max_transcode_width": "A source picture wider than this is refused in transcode.",
+    "media.max_transcode_height": "A source picture taller than this is refused in transcode.",
     "metrics": "The Prometheus endpoint, `GET /metrics`.",
     "metrics.token": "When set, `/metrics` needs `Authorization: Bearer <token>`.",
 }

@@ -99,6 +99,10 @@ async def build_app(settings: ServerSettings) -> web.Application:
         allow_private=config.sources.allow_private,
         trusted_url_prefixes=(settings.demo_url_prefix, *config.sources.trusted_url_prefixes),
         hosts=dict(config.sources.hosts),
+        tls_unverified_apps=frozenset(app.app_id for app in config.apps if not app.tls_verify),
+        max_transcode_width=config.media.max_transcode_width,
+        max_transcode_height=config.media.max_transcode_height,
+        worker_memory_limit_mb=config.media.worker_memory_limit_mb,
     )
     # The API's instant check of a StreamUrl literal (workers resolve host names).
     stream_urls = AddressPolicy(

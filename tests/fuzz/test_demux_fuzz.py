@@ -30,16 +30,8 @@ from tests.support.tasks import task_key
 
 EXAMPLES_PER_FORMAT = 60
 # Failures of media/pipeline.py that escape as exceptions instead of a SourceError (the
-# worker then dies with a traceback, and the server reports a crash): corrupt H.264
-# extradata refused by the Annex B filter, and a stream whose codec FFmpeg cannot name
-# (no codec context). Tolerated only in these exact places until the pipeline rework
-# maps them to a reason; empty this set then, so any such escape fails the run.
-KNOWN_PIPELINE_GAPS = frozenset(
-    {
-        ("InvalidDataError", "VideoRemuxer.__init__"),
-        ("AttributeError", "describe_tracks"),
-    }
-)
+# worker then dies with a traceback, and the server reports a crash). None is tolerated.
+KNOWN_PIPELINE_GAPS: frozenset[tuple[str, str]] = frozenset()
 ANSWER_TIMEOUT_S = 20.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Small and short: mutations land in headers and packets alike, and each input demuxes fast.

@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 import pytest
 
-from relaystream.media.events import SourceOpened, SourceProgress, WorkerEvent
+from relaystream.media.events import SourceOpened, SourceProgress, VideoOutput, WorkerEvent
 from relaystream.media.pipeline import RealtimePacer, RelayPipeline
 from relaystream.media.source import SourceError
 from relaystream.media.spec import MediaType, PipelineSpec, StreamMode
@@ -253,18 +253,47 @@ def test_the_opened_event_describes_the_input(remuxed: Relayed) -> None:
     assert opened.duration_s == pytest.approx(2.0, abs=0.1)
 
 
-def test_the_opened_event_says_when_the_video_has_b_frames(tmp_path: Path) -> None:
-    make_test_clip(tmp_path / "vod.mp4", ClipSpec(duration_s=0.5, width=160, height=90, b_frames=2))
-    events: list[WorkerEvent] = []
+def test_remux_of_a_b_frame_source_transcodes_at_its_size_and_says_why(tmp_path: Path) -> None:
+    make_test_clip(
+        tmp_path / "vod.mp4", ClipSpec(duration_s=1.0, width=320, height=180, b_frames=2)
+    )
     with static_http_server(tmp_path) as base_url:
-        spec = PipelineSpec(
-            url=f"{base_url}/vod.mp4", stream_mode=StreamMode.REMUX, allow_private_sources=True
-        )
-        RelayPipeline(spec, lambda _: None, events.append).run()
+        relayed = relay(f"{base_url}/vod.mp4", stream_mode=StreamMode.REMUX)
 
-    opened = events[0]
+    opened = relayed.events[0]
     assert isinstance(opened, SourceOpened) and opened.video is not None
     assert opened.video.b_frames is True
+    assert opened.video_output == VideoOutput(
+        transcoded=True, reason="BFrames", width=320, height=180, frame_rate=SOURCE_FPS
+    )
+    # WebRTC players show frames in the order they arrive: it must be display order.
+    pts = [p.pts for p in relayed.video]
+    assert all(b > a for a, b in itertools.pairwise(pts))
+    frames = decode_video(relayed.video)
+    assert len(frames) == SOURCE_FPS
+    assert {(f.width, f.height) for f in frames} == {(320, 180)}
+
+
+def test_remux_without_b_frames_is_not_transcoded(remuxed: Relayed) -> None:
+    opened = remuxed.events[0]
+
+    assert isinstance(opened, SourceOpened)
+    assert opened.video_output == VideoOutput(transcoded=False)
+
+
+def test_an_opus_source_passes_through_untouched(tmp_path: Path) -> None:
+    clip = make_test_clip(
+        tmp_path / "opus.mkv",
+        ClipSpec(duration_s=1.0, width=160, height=90, audio_codec="libopus", audio_rate=48_000),
+    )
+    with av.open(str(clip)) as source:
+        source_audio = [bytes(p) for p in source.demux(audio=0) if p.size]
+    with static_http_server(tmp_path) as base_url:
+        relayed = relay(f"{base_url}/opus.mkv", media_type=MediaType.AUDIO_ONLY)
+
+    assert [p.data for p in relayed.audio] == source_audio
+    # The source's own timing, 20 ms apart (its first packet starts before 0).
+    assert steps([p.pts for p in relayed.audio][1:]) == {960}
 
 
 def test_the_last_event_counts_what_was_read(remuxed: Relayed) -> None:

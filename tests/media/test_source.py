@@ -30,8 +30,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ("rtmps://live.example.com/app/stream", "rtmps"),
         ("http://cdn.example.com/live.flv", "http"),
         ("https://cdn.example.com/live/index.m3u8", "https"),
-        ("srt://ingest.example.com:9000?streamid=x", "srt"),
         ("rtsp://camera.example.com/main", "rtsp"),
+        ("srt://ingest.example.com:9000?streamid=x", "srt"),  # through the ffmpeg CLI
         ("HTTP://CDN.EXAMPLE.COM/LIVE.FLV", "http"),
         ("Rtmp://live.example.com/app/stream", "rtmp"),
     ],
@@ -71,6 +71,15 @@ def test_a_malformed_url_is_a_source_error(allow_private: bool) -> None:
 def test_a_host_that_does_not_resolve_is_unreachable() -> None:
     with pytest.raises(SourceError, match=r"^unreachable: cannot resolve"):
         open_source(PipelineSpec(url="http://no-such-host.invalid/live.flv"))
+
+
+def test_a_dns_label_over_63_characters_is_one_clear_line() -> None:
+    url = f"http://{'a' * 64}.example.com/live.flv"
+
+    with pytest.raises(SourceError) as refused:
+        open_source(PipelineSpec(url=url))
+
+    assert refused.value.detail.startswith("unreachable: cannot resolve host")
 
 
 def test_a_source_on_a_closed_port_is_unreachable() -> None:

@@ -32,3 +32,37 @@ def make_clips(directory: Path, clip: ClipSpec = STANDARD_CLIP) -> dict[str, Pat
         "flv": remux(mp4, directory / "clip.flv", "flv"),
         "ts": remux(mp4, directory / "clip.ts", "mpegts"),
     }
+
+
+def with_timestamp_jumps(source: Path, target: Path, offsets_s: list[float]) -> Path:
+    """MPEG-TS made of ``source`` cut into equal sections, section i shifted by
+    ``offsets_s[i]``: a jump forward (+1000 s) then back (0) is what a source whose
+    encoder restarts, or a spliced playlist, sends."""
+    with av.open(str(source)) as src:
+        duration_s = (src.duration or 0) / 1_000_000
+    section_s = duration_s / len(offsets_s)
+    sections = []
+    for index, offset_s in enumerate(offsets_s):
+        part = target.with_suffix(f".{index}.ts")
+        with (
+            av.open(str(source)) as src,
+            av.open(str(part), "w", format="mpegts") as out,
+        ):
+            mapping = {s.index: out.add_stream_from_template(s) for s in src.streams}
+            for packet in src.demux():
+                if packet.dts is None or packet.time_base is None:
+                    continue
+                at_s = float(packet.dts * packet.time_base)
+                if not index * section_s <= at_s < (index + 1) * section_s:
+                    continue
+                shift = round(offset_s / packet.time_base)
+                packet.dts += shift
+                if packet.pts is not None:
+                    packet.pts += shift
+                packet.stream = mapping[packet.stream.index]
+                out.mux(packet)
+        sections.append(part.read_bytes())
+        part.unlink()
+    # MPEG-TS streams concatenate: the demuxer sees one stream whose clock jumps.
+    target.write_bytes(b"".join(sections))
+    return target

@@ -24,9 +24,11 @@ from typing import IO
 
 import av
 
-from relaystream.media.pipeline import AudioToOpus, VideoRemuxer, describe_tracks, select_tracks
+from relaystream.media.audio import AudioToOpus
+from relaystream.media.pipeline import describe_tracks, select_tracks
 from relaystream.media.source import SourceError, describe_ffmpeg_error
 from relaystream.media.spec import MediaType
+from relaystream.media.video import VideoRemuxer
 
 _LENGTH = struct.Struct("!I")
 
@@ -47,12 +49,13 @@ def demux_all(data: bytes) -> int:
             for packet in container.demux(tracks.streams):
                 if packet.size == 0:
                     continue
-                processor = video if packet.stream is tracks.video else audio
-                if processor is not None:
-                    relayed += sum(1 for _ in processor.process(packet, 0.0))
+                if packet.stream is tracks.video and video is not None:
+                    relayed += sum(1 for _ in video.process(packet))
+                elif audio is not None:
+                    relayed += sum(1 for _ in audio.process(packet, 0.0))
             for processor in (video, audio):
                 if processor is not None:
-                    relayed += sum(1 for _ in processor.process(None, 0.0))
+                    relayed += sum(1 for _ in processor.finish())
         except av.error.EOFError:
             pass
         except (av.error.FFmpegError, OSError) as exc:

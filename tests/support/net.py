@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,11 +28,16 @@ def free_port() -> int:
 
 @contextmanager
 def static_http_server(
-    root: Path, *, redirects: Mapping[str, str] | None = None, port: int | None = None
+    root: Path,
+    *,
+    redirects: Mapping[str, str] | None = None,
+    port: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Iterator[str]:
     """Serve ``root`` over HTTP (with Range support) on 127.0.0.1; yields the base URL.
 
-    ``redirects`` maps a path to the URL it answers with a 302.
+    ``redirects`` maps a path to the URL it answers with a 302. With ``ssl_context`` it
+    is HTTPS.
     """
     port = port or free_port()
     loop = asyncio.new_event_loop()
@@ -45,7 +51,7 @@ def static_http_server(
         app.router.add_static("/", root)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context).start()
         runner_box.append(runner)
         started.set()
 
@@ -54,7 +60,7 @@ def static_http_server(
     asyncio.run_coroutine_threadsafe(start(), loop).result(10)
     started.wait(10)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
     finally:
         asyncio.run_coroutine_threadsafe(runner_box[0].cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)

@@ -44,6 +44,10 @@ class VideoOutput:
 
     transcoded: bool
     reason: str = ""  # "StreamMode" (asked for), "BFrames" (remux impossible), ...
+    # Transcoded only: the encoded picture and rate.
+    width: int | None = None
+    height: int | None = None
+    frame_rate: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,17 +67,27 @@ class SourceOpened:
 class TrackCounters:
     packets: int = 0
     bytes: int = 0
+    # Measured over the media time read so far (the source's own figure is in *Input).
+    bitrate_kbps: int | None = None
 
 
 @dataclass(frozen=True)
 class SourceProgress:
-    """Periodic counters; ``position_s`` is where a restarted worker should resume a VOD."""
+    """Periodic counters, every ~2 s.
+
+    ``position_s`` is the position in the source, within the current loop pass: where a
+    relaunched worker should resume a VOD (``PipelineSpec.start_position_s``).
+    """
 
     position_s: float = 0.0
     video: TrackCounters | None = None
     audio: TrackCounters | None = None
     max_keyframe_interval_s: float = 0.0
     loops: int = 0
+    # Timestamp jumps in the source that were closed up (never filled).
+    discontinuities: int = 0
+    # The worker's resident memory, as the worker sees it.
+    memory_mb: float | None = None
 
 
 @dataclass(frozen=True)

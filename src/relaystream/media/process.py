@@ -29,6 +29,7 @@ from relaystream.media.events import (
     WorkerCommand,
     WorkerEvent,
 )
+from relaystream.media.limits import MemoryLimit
 from relaystream.media.spec import PipelineSpec
 from relaystream.media.wire import EncodedPacket, WireError, read_message
 
@@ -64,6 +65,7 @@ class MediaWorker:
         self._stderr_tail: list[str] = []
         self._stderr_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.memory: MemoryLimit | None = None
         self._log_prefix = " ".join(f"{k}={v}" for k, v in (log_fields or {}).items())
 
     @property
@@ -107,6 +109,9 @@ class MediaWorker:
         )
         self._stderr_task = asyncio.create_task(self._collect_stderr())
         self._write_line(json.dumps(self._spec.to_json_dict()).encode() + b"\n")
+        if self._spec.memory_limit_mb is not None:
+            self.memory = MemoryLimit(self._process.pid, self._spec.memory_limit_mb, self.kill)
+            self.memory.start()
 
     def send(self, command: WorkerCommand) -> None:
         """Best effort: a worker that is gone or not reading simply does not hear it."""
@@ -128,6 +133,10 @@ class MediaWorker:
             final = SourceFailed(f"media worker sent bad data: {exc}")
             yield final
         returncode = await process.wait()
+        if self.memory is not None and self.memory.exceeded is not None:
+            # Killed on purpose for its memory: a deliberate end, not a crash to relaunch.
+            yield self.memory.exceeded
+            return
         if final is None and not self._stopping:
             if self._stderr_task is not None:
                 await self._stderr_task
@@ -138,6 +147,8 @@ class MediaWorker:
     async def stop(self) -> None:
         """Ask the worker to stop; SIGKILL it if it has not exited after a short grace."""
         process = self._process
+        if self.memory is not None:
+            await self.memory.close()
         if process is None:
             return
         self._stopping = True

@@ -1,5 +1,7 @@
-"""Opening a source URL safely: scheme, address policy (netpolicy), FFmpeg options, and
-mapping errors to a user-facing SourceError detail."""
+"""Opening a source URL safely: scheme, address policy (netpolicy), then FFmpeg.
+
+Per-kind FFmpeg options live in formats.py, the translation of errors in failures.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ from urllib.parse import SplitResult, urlsplit
 import av
 import av.container
 
-from relaystream.media.fetch import CheckedOpener, SourceFetchFailed, SourceRefused
+from relaystream.media.failures import SourceError, classify, ffmpeg_error_log
+from relaystream.media.fetch import CheckedOpener
+from relaystream.media.formats import format_options, source_kind, unverified_tls_context
 from relaystream.media.spec import PipelineSpec
 from relaystream.netpolicy import (
     AddressPolicy,
@@ -37,13 +41,7 @@ _PROTOCOL_WHITELISTS = {
 # Reads through Python cost CPU per call: few, large reads.
 _IO_BUFFER_BYTES = 256 << 10
 
-
-class SourceError(Exception):
-    """The source cannot be relayed; ``detail`` is a short, user-facing reason."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
+__all__ = ["ALLOWED_SCHEMES", "SourceError", "check_scheme", "open_source", "source_policy"]
 
 
 def _split(url: str) -> SplitResult:
@@ -95,7 +93,9 @@ def open_source(spec: PipelineSpec) -> av.container.InputContainer:
             limits = HttpLimits(
                 read_timeout_s=spec.open_timeout_s, connect_timeout_s=spec.open_timeout_s
             )
-            io_open = CheckedOpener(CheckedHttpClient(policy, limits=limits))
+            # The app may turn certificate checks off (AppConfig.tls_verify).
+            tls = None if spec.tls_verify else unverified_tls_context()
+            io_open = CheckedOpener(CheckedHttpClient(policy, limits=limits, tls=tls))
             options |= {
                 "protocol_whitelist": _NO_FFMPEG_PROTOCOLS,
                 # HLS would reuse a connection behind our back (and cannot with custom I/O).
@@ -108,26 +108,30 @@ def open_source(spec: PipelineSpec) -> av.container.InputContainer:
                 "rw_timeout": timeout_us,
             }
     except (AddressRefused, Unresolvable) as exc:
-        raise SourceError(_policy_detail(exc)) from None
-    try:
-        if io_open is not None:
-            url = io_open.prefetch(url)
-        return av.open(
-            url,
-            mode="r",
-            options=options,
-            timeout=spec.open_timeout_s,
-            io_open=io_open,
-            buffer_size=_IO_BUFFER_BYTES,
-        )
-    except Exception as exc:
-        raise SourceError(describe_ffmpeg_error(exc)) from exc
+        raise policy_failure(exc) from None
+    options |= format_options(spec, source_kind(spec.url))
+    with ffmpeg_error_log() as log_lines:
+        try:
+            if io_open is not None:
+                url = io_open.prefetch(url)
+            return av.open(
+                url,
+                mode="r",
+                options=options,
+                timeout=spec.open_timeout_s,
+                io_open=io_open,
+                buffer_size=_IO_BUFFER_BYTES,
+            )
+        except Exception as exc:
+            raise classify(
+                exc, timeout_s=spec.open_timeout_s, media_flowed_s=None, log_lines=log_lines
+            ) from exc
 
 
-def _policy_detail(exc: AddressRefused | Unresolvable) -> str:
+def policy_failure(exc: AddressRefused | Unresolvable) -> SourceError:
     if isinstance(exc, AddressRefused):
-        return f"address not allowed: {exc.detail}"
-    return f"unreachable: {exc}"
+        return SourceError(f"address not allowed: {exc.detail}")
+    return SourceError(f"unreachable: {exc}")
 
 
 def pin_stream_url(url: str, policy: AddressPolicy) -> tuple[str, dict[str, str]]:
@@ -173,22 +177,6 @@ def rtmp_app(path: str) -> str:
     return rest[: first_slash + 1 + second_slash]
 
 
-def describe_ffmpeg_error(exc: BaseException) -> str:
+def describe_ffmpeg_error(exc: BaseException, timeout_s: float = 10.0) -> str:
     """A short user-facing reason for a failure to open or read a source."""
-    if isinstance(exc, SourceRefused | SourceFetchFailed):
-        return exc.detail
-    if isinstance(exc, av.error.HTTPNotFoundError):
-        return "404 not found"
-    if isinstance(exc, av.error.HTTPForbiddenError | av.error.HTTPUnauthorizedError):
-        return "access denied by the source server"
-    if isinstance(exc, av.error.HTTPError | av.error.HTTPClientError):
-        return f"HTTP error from the source server: {exc.strerror}"
-    if isinstance(exc, ConnectionError | av.error.TimeoutError | TimeoutError):
-        return f"unreachable: {getattr(exc, 'strerror', None) or exc}"
-    if isinstance(exc, av.error.InvalidDataError):
-        return "corrupt data: the source is not a recognisable media stream"
-    if isinstance(exc, av.error.ProtocolNotFoundError):
-        return "unsupported protocol"
-    if isinstance(exc, av.error.FFmpegError):
-        return f"cannot read the source: {exc.strerror}"
-    return f"cannot read the source: {type(exc).__name__}"
+    return classify(exc, timeout_s=timeout_s, media_flowed_s=None).detail

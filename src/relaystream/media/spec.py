@@ -52,6 +52,14 @@ class PipelineSpec:
     loop: bool = False
     # VOD only: where to start, so a relaunched worker resumes near its last position.
     start_position_s: float = 0.0
+    # https and rtmps certificates are checked against the system CA bundle unless the
+    # app turns it off (AppConfig.tls_verify).
+    tls_verify: bool = True
+    # Transcoding a larger picture is refused: one huge source would starve every task.
+    max_transcode_width: int = 4096
+    max_transcode_height: int = 2160
+    # The server kills a worker whose resident memory passes this (limits.py).
+    memory_limit_mb: int | None = 1024
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -48,11 +48,16 @@ _TRACK_KIND = {MessageKind.VIDEO: TrackKind.VIDEO, MessageKind.AUDIO: TrackKind.
 
 @dataclass(frozen=True)
 class SourcePolicy:
-    """What the operator lets a source URL reach."""
+    """What the operator lets a source URL reach, and what a worker may spend on it."""
 
     allow_private: bool = False
     trusted_url_prefixes: tuple[str, ...] = ()
     hosts: dict[str, str] = field(default_factory=dict)
+    # Apps whose https/rtmps sources are read without checking certificates.
+    tls_unverified_apps: frozenset[str] = frozenset()
+    max_transcode_width: int = 4096
+    max_transcode_height: int = 2160
+    worker_memory_limit_mb: int | None = 1024
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,10 @@ def pipeline_spec(
         allow_private_sources=policy.allow_private,
         trusted_url_prefixes=policy.trusted_url_prefixes,
         hosts=policy.hosts,
+        tls_verify=task.key.app_id not in policy.tls_unverified_apps,
+        max_transcode_width=policy.max_transcode_width,
+        max_transcode_height=policy.max_transcode_height,
+        memory_limit_mb=policy.worker_memory_limit_mb,
         start_position_s=start_position_s,
     )
 

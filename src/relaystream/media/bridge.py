@@ -1,0 +1,149 @@
+"""Sources the bundled FFmpeg cannot read (SRT, DASH), read by Debian's ``ffmpeg`` CLI.
+
+The CLI copies the source's packets (``-c copy``, no decoding) into MPEG-TS on a pipe,
+and the pipeline demuxes that like any other source. The CLI dies with the thread that
+started it (util-linux ``setpriv --pdeathsig``), so a worker killed for any reason leaves
+nothing behind; without setpriv, it still ends at its next write to the closed pipe.
+
+A pipe cannot seek: a VOD starts at a position with the CLI's own input seek (``-ss``),
+and loops with the CLI's own ``-stream_loop`` (continuous timestamps, no restart gap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import threading
+from collections import deque
+from typing import IO
+
+import av
+import av.container
+
+from relaystream.media.failures import SourceError
+from relaystream.media.formats import SourceKind
+from relaystream.media.spec import PipelineSpec
+
+FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
+_STDERR_LINES = 10
+
+# The CLI's error lines, in users' words: (fragment, detail, retryable).
+_CLI_ERRORS: tuple[tuple[str, str, bool], ...] = (
+    ("Connection refused", "unreachable: the source server refused the connection", True),
+    ("timed out", "timed out", True),
+    ("Connection timed out", "timed out", True),
+    ("404 Not Found", "HTTP 404: the source server has no such stream", False),
+    ("403 Forbidden", "HTTP 403: access denied by the source server", False),
+    ("401 Unauthorized", "HTTP 401: the source server wants credentials", False),
+    ("Server returned 4", "HTTP 4xx: the source server refused the request", False),
+    ("Server returned 5", "HTTP 5xx: the source server failed", True),
+    ("certificate", "TLS: the source's certificate could not be verified", False),
+    ("Invalid data found", "corrupt data: the source is not a recognisable media stream", False),
+)
+
+
+SETPRIV = shutil.which("setpriv")
+
+
+def _protocol_options(spec: PipelineSpec, kind: SourceKind) -> list[str]:
+    timeout_us = str(int(spec.open_timeout_s * 1_000_000))
+    if kind is SourceKind.SRT:
+        return ["-timeout", timeout_us]
+    options = ["-rw_timeout", timeout_us]
+    if spec.url.lower().startswith("https"):
+        options += ["-tls_verify", "1" if spec.tls_verify else "0"]
+    return options
+
+
+class CliBridge:
+    """One run of the ffmpeg CLI feeding one PyAV container."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        kind: SourceKind,
+        start_position_s: float,
+        *,
+        loop: bool,
+        url: str | None = None,
+    ) -> None:
+        self._spec = spec
+        # The URL the CLI opens: for SRT, the checked address instead of the host name.
+        self._url = url or spec.url
+        self._kind = kind
+        self.start_position_s = start_position_s
+        self.loop = loop
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stderr: deque[str] = deque(maxlen=_STDERR_LINES)
+
+    def command(self) -> list[str]:
+        seek = ["-ss", f"{self.start_position_s:.3f}"] if self.start_position_s > 0 else []
+        if self.loop:
+            seek += ["-stream_loop", "-1"]
+        die_with_worker = [SETPRIV, "--pdeathsig", "KILL"] if SETPRIV else []
+        return [
+            *die_with_worker,
+            FFMPEG,
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            *_protocol_options(self._spec, self._kind),
+            *seek,
+            "-i",
+            self._url,
+            "-map",
+            "0:v:0?",
+            "-map",
+            "0:a:0?",
+            "-c",
+            "copy",
+            "-f",
+            "mpegts",
+            "pipe:1",
+        ]
+
+    def open(self) -> av.container.InputContainer:
+        self._process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self._process.stderr is not None and self._process.stdout is not None
+        threading.Thread(target=self._collect, args=(self._process.stderr,), daemon=True).start()
+        try:
+            return av.open(self._process.stdout, mode="r", format="mpegts")
+        except (av.error.FFmpegError, OSError) as exc:
+            raise self.failure() from exc
+
+    def failure(self) -> SourceError:
+        """Why the CLI stopped, from its own error lines."""
+        if self._process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(1)
+        text = " ".join(self._stderr)
+        for fragment, detail, retryable in _CLI_ERRORS:
+            if fragment in text:
+                if detail == "timed out":
+                    detail = f"timed out after {self._spec.open_timeout_s:g} s"
+                return SourceError(detail, retryable=retryable)
+        return SourceError("the source could not be read", retryable=True)
+
+    def ended_cleanly(self) -> bool:
+        """The CLI reached the source's end without an error."""
+        if self._process is None:
+            return False
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(2)
+        return self._process.returncode == 0 and not self._stderr
+
+    def close(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def _collect(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            self._stderr.append(raw.decode(errors="replace").strip())
