@@ -298,3 +298,45 @@ async def test_an_update_switches_the_source_while_the_viewer_stays(
     finally:
         await viewer.close()
         await call(rtc, "StopRelayStream", task_key(ROOM, "switched"))
+
+
+async def test_a_viewers_picture_loss_makes_a_transcode_relay_send_a_keyframe(
+    relay_server: RelayServer, rtc: RtcService, life_media: tuple[str, Path]
+) -> None:
+    base_url, _ = life_media
+    # Transcoding at 15 fps puts a keyframe every 2 s: one within 1 s of a PLI sent just
+    # after a scheduled one can only be the answer to that PLI.
+    await start(
+        relay_server,
+        rtc,
+        "on-demand",
+        f"{base_url}/long.mp4",
+        StreamMode=0,
+        VideoWidth=320,
+        VideoHeight=180,
+        FrameRate=15,
+    )
+    await wait_for_status(rtc, ROOM, "on-demand", 2)
+    viewer = viewer_of(relay_server, "on-demand")
+    await viewer.connect()
+    try:
+        await viewer.wait_for_media("video", 1.0)
+        frames = viewer.tracks["video"].frames
+        for _ in range(2):
+            seen = len(frames)
+            deadline = time.monotonic() + 5
+            while not any(f.keyframe for f in frames[seen:]):
+                assert time.monotonic() < deadline, "no scheduled keyframe in 5 s"
+                await asyncio.sleep(0.02)
+            after_scheduled = len(frames)
+            await viewer.send_picture_loss()
+            asked_at = time.monotonic()
+
+            deadline = asked_at + 1.0
+            while not any(f.keyframe for f in frames[after_scheduled:]):
+                assert time.monotonic() < deadline, "no keyframe within 1 s of the PLI"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(1.1)  # past the room's one-request-a-second limit
+    finally:
+        await viewer.close()
+        await call(rtc, "StopRelayStream", task_key(ROOM, "on-demand"))

@@ -30,12 +30,19 @@ class SeenFrame:
     width: int = 0
     height: int = 0
     sample_rate: int = 0
+    keyframe: bool = False
 
     @classmethod
     def of(cls, frame: av.VideoFrame | av.AudioFrame) -> SeenFrame:
         media_time_s = float(frame.pts * frame.time_base)
         if isinstance(frame, av.VideoFrame):
-            return cls(time.monotonic(), media_time_s, width=frame.width, height=frame.height)
+            return cls(
+                time.monotonic(),
+                media_time_s,
+                width=frame.width,
+                height=frame.height,
+                keyframe=bool(frame.key_frame),
+            )
         return cls(time.monotonic(), media_time_s, sample_rate=frame.sample_rate)
 
 
