@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,11 +95,19 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 def write_config(
-    path: Path, *, allow_private: bool = True, tasks_toml: str = "", extra: str = ""
+    path: Path,
+    *,
+    allow_private: bool = True,
+    tasks_toml: str = "",
+    extra: str = "",
+    app_toml: Mapping[str, str] | None = None,
+    callbacks_toml: str = "",
 ) -> Path:
     """The test config; ``tasks_toml`` is the body of its [tasks] section, ``extra`` TOML
     placed right after ``[sources] allow_private`` (lines before any table header belong
-    to ``[sources]``)."""
+    to ``[sources]``), ``app_toml`` more keys of an app by AppId (``callback_url``...),
+    ``callbacks_toml`` the body of its [callbacks] section."""
+    more = app_toml or {}
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -116,6 +125,7 @@ apps = ["{OTHER_APP_ID}"]
 [[apps]]
 app_id = "{APP_ID}"
 app_key = "{APP_KEY}"
+{more.get(APP_ID, "")}
 
 [[apps]]
 app_id = "{OTHER_APP_ID}"
@@ -129,6 +139,7 @@ qps_limit = {LIMITED_APP_QPS}
 [[apps]]
 app_id = "{SECOND_APP_ID}"
 app_key = "{SECOND_APP_KEY}"
+{more.get(SECOND_APP_ID, "")}
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
@@ -136,6 +147,9 @@ allow_private = {"true" if allow_private else "false"}
 
 [tasks]
 {tasks_toml}
+
+[callbacks]
+{callbacks_toml}
 """
     )
     return path
@@ -147,6 +161,8 @@ def start_server(
     allow_private: bool = True,
     tasks_toml: str = "",
     extra_config: str = "",
+    app_toml: Mapping[str, str] | None = None,
+    callbacks_toml: str = "",
 ) -> RelayServer:
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
@@ -154,6 +170,8 @@ def start_server(
         allow_private=allow_private,
         tasks_toml=tasks_toml,
         extra=extra_config,
+        app_toml=app_toml,
+        callbacks_toml=callbacks_toml,
     )
     return serve(workdir, config)
 
