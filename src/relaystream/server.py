@@ -15,6 +15,7 @@ from relaystream.api.actions import Actions
 from relaystream.api.app import OpenApiEndpoint
 from relaystream.api.parser_errors import answer_parser_errors_with_envelopes
 from relaystream.callbacks.delivery import CallbackDelivery, CallbackTarget, DeliverySettings
+from relaystream.callbacks.operators import CallbackDeliveries
 from relaystream.callbacks.outbox import CallbackOutbox
 from relaystream.callbacks.sender import HttpCallbackSender
 from relaystream.config import Config
@@ -175,7 +176,8 @@ async def build_app(settings: ServerSettings) -> web.Application:
         middlewares=[cors],
         handler_args={"access_log_class": RedactingAccessLogger},
     )
-    app.add_routes(OpenApiEndpoint(config, Actions(config, tasks, stream_urls)).routes())
+    actions = Actions(config, tasks, stream_urls, CallbackDeliveries(store, outbox))
+    app.add_routes(OpenApiEndpoint(config, actions).routes())
     app.add_routes(whep.routes())
     app.add_routes(whip.routes())
     app.add_routes(room_events.routes())
