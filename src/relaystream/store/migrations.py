@@ -54,8 +54,10 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "CREATE INDEX relay_tasks_status_end ON relay_tasks (status, end_time_ms)",
     ),
     # 3: the callback outbox. A record is written in the same transaction as the task
-    # change it reports; ``seq`` orders one task's events; the body is stored unsigned.
-    # ``created_ms`` starts the retry window (reset by a redelivery).
+    # change it reports; ``seq`` orders one task's events (max + 1 of the task, safe
+    # because that transaction also compare-and-sets the task's row); the body is stored
+    # unsigned. ``created_ms`` starts the retry window (reset by a redelivery). Times
+    # are BIGINT: unix milliseconds overflow PostgreSQL's 32-bit INTEGER.
     (
         """CREATE TABLE callback_events (
             event_id TEXT PRIMARY KEY,
@@ -66,10 +68,10 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             body TEXT NOT NULL,
             state TEXT NOT NULL,
             attempts INTEGER NOT NULL DEFAULT 0,
-            next_attempt_ms INTEGER NOT NULL,
+            next_attempt_ms BIGINT NOT NULL,
             last_error TEXT NOT NULL DEFAULT '',
-            created_ms INTEGER NOT NULL,
-            delivered_ms INTEGER NOT NULL DEFAULT 0,
+            created_ms BIGINT NOT NULL,
+            delivered_ms BIGINT NOT NULL DEFAULT 0,
             UNIQUE (app_id, room_id, task_id, seq)
         )""",
         # The delivery worker's scan: pending events by due time.
