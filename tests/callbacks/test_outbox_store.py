@@ -115,6 +115,21 @@ async def test_a_tasks_events_come_out_one_at_a_time_in_order(store: SqliteTaskS
     assert [r.seq for r in due if r.event_id == a2.event_id] == [2]
     assert await store.due_callbacks(NOW_MS + 10_000, 10, skip_apps=[APP]) == []
 
+    # A failed event holds its task's later ones back until an operator acts.
+    [b1_due] = [record for record in due if record.event_id == b1.event_id]
+    await store.settle_callback(replace(b1_due, state=CallbackState.FAILED, last_error="HTTP 500"))
+    b2 = event_of(b, 2)
+    stored_b = await store.get(APP, "room-1", "b")
+    assert stored_b is not None
+    async with store.transaction() as unit:
+        await unit.update(to_record(b.running(), stored_b.version))
+        await unit.add_callback(b2)
+    due = await store.due_callbacks(NOW_MS + 10_000, 10)
+    assert [record.event_id for record in due] == [a2.event_id]
+    assert await store.discard_callbacks(APP, [b1.event_id]) == 1
+    due = await store.due_callbacks(NOW_MS + 10_000, 10)
+    assert {record.event_id for record in due} == {a2.event_id, b2.event_id}
+
 
 async def test_a_task_is_kept_while_an_event_is_undelivered(store: SqliteTaskStore) -> None:
     task = relay_task("kept")
@@ -126,11 +141,18 @@ async def test_a_task_is_kept_while_an_event_is_undelivered(store: SqliteTaskSto
     far_future_ms = NOW_MS * 10
 
     assert await store.purge_ended(far_future_ms) == 0  # pending
-    await store.settle_callback(replace(event, state=CallbackState.FAILED, attempts=3))
+    await store.settle_callback(
+        replace(event, state=CallbackState.FAILED, attempts=3, window_start_ms=NOW_MS)
+    )
     assert await store.purge_ended(far_future_ms) == 0  # failed
-    assert await store.redeliver_callbacks(APP, None, NOW_MS) == 1
-    [again] = await store.due_callbacks(NOW_MS, 10)
-    assert (again.state, again.created_ms, again.last_error) == (CallbackState.PENDING, NOW_MS, "")
+    assert await store.redeliver_callbacks(APP, None, NOW_MS + 1) == 1
+    [again] = await store.due_callbacks(NOW_MS + 1, 10)
+    # Pending, due now, its window to open again at its next attempt.
+    assert (again.state, again.window_start_ms, again.last_error) == (
+        CallbackState.PENDING,
+        0,
+        "",
+    )
     await store.settle_callback(
         replace(again, state=CallbackState.DELIVERED, delivered_ms=NOW_MS + 5)
     )

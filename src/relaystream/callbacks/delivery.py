@@ -5,10 +5,11 @@ Guarantees (SPEC §5):
   ended; a record whose sender died (a crash, SIGKILL) is due again when its lease
   runs out, and the next server process sends it.
 - In order per task: the store hands out a task's next event only when no earlier one
-  of the task is pending, so one task's events go out one at a time.
+  of the task is pending or failed, so one task's events go out one at a time and
+  never overtake a failed one (it holds them until it is redelivered or discarded).
 - Retries: a timeout, a refused connection or a non-2xx answer is retried with
   exponential backoff and jitter (``backoff_base_s`` doubling up to ``backoff_cap_s``)
-  until ``retry_window_s`` after the event was made; then the record is kept as
+  until ``retry_window_s`` after its first attempt; then the record is kept as
   failed, for an operator to redeliver or discard.
 - Isolation: at most ``max_in_flight`` sends at once, and ``max_in_flight_per_app`` of
   one AppId, so a receiver that hangs or is down holds only its own AppId's slots;
@@ -121,15 +122,17 @@ class CallbackDelivery:
                 continue  # another sender took it
             self._per_app[record.app_id] += 1
             self._sends[record.event_id] = asyncio.create_task(
-                self._deliver(record), name=f"callback {record.event_id}"
+                self._deliver(record, now_ms), name=f"callback {record.event_id}"
             )
             started += 1
         return started
 
-    async def _deliver(self, record: CallbackRecord) -> None:
+    async def _deliver(self, record: CallbackRecord, started_ms: int) -> None:
         try:
             error = await self._send(record)
-            settled = self._settled(record, error)
+            settled = self._settled(
+                replace(record, window_start_ms=record.window_start_ms or started_ms), error
+            )
             await self._store.settle_callback(settled)
             _log_outcome(settled, error)
         except Exception:
@@ -156,13 +159,14 @@ class CallbackDelivery:
         return ""
 
     def _settled(self, record: CallbackRecord, error: str) -> CallbackRecord:
+        """``record`` after one more attempt (whose window start is set)."""
         now_ms = self._now_ms()
         attempts = record.attempts + 1
         if not error:
             return replace(
                 record, state=CallbackState.DELIVERED, attempts=attempts, delivered_ms=now_ms
             )
-        window_end_ms = record.created_ms + int(self._settings.retry_window_s * 1000)
+        window_end_ms = record.window_start_ms + int(self._settings.retry_window_s * 1000)
         if now_ms >= window_end_ms:
             return replace(record, state=CallbackState.FAILED, attempts=attempts, last_error=error)
         # The last try falls on the window's end rather than past it.

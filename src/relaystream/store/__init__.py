@@ -75,7 +75,9 @@ class CallbackRecord:
 
     ``body`` is the event without its signature: it is signed when sent, with the
     secret configured then, so no secret is ever stored. ``seq`` orders one task's
-    events; the store sets it when the record is committed.
+    events; the store sets it when the record is committed. The retry window runs from
+    ``window_start_ms``, the first attempt (0 until then): an event held back behind an
+    earlier one of its task loses none of its window.
     """
 
     event_id: str
@@ -90,6 +92,7 @@ class CallbackRecord:
     next_attempt_ms: int = 0
     last_error: str = ""
     delivered_ms: int = 0
+    window_start_ms: int = 0
 
 
 class StoreConflict(Exception):
@@ -156,8 +159,9 @@ class TaskStore(Protocol):
     async def due_callbacks(
         self, now_ms: int, limit: int, skip_apps: Sequence[str] = ()
     ) -> list[CallbackRecord]:
-        """Pending events due by ``now_ms`` that no earlier pending event of the same task
-        holds back, oldest due first; none of the ``skip_apps``."""
+        """Pending events due by ``now_ms`` that no earlier undelivered (pending or
+        failed) event of the same task holds back, oldest due first; none of the
+        ``skip_apps``."""
         ...
 
     async def lease_callback(self, event_id: str, now_ms: int, until_ms: int) -> bool:
@@ -168,7 +172,7 @@ class TaskStore(Protocol):
 
     async def settle_callback(self, record: CallbackRecord) -> None:
         """Store the outcome of a send: ``state``, ``attempts``, ``next_attempt_ms``,
-        ``last_error``, ``delivered_ms`` of ``record``."""
+        ``last_error``, ``delivered_ms``, ``window_start_ms`` of ``record``."""
         ...
 
     async def list_callbacks(
@@ -181,7 +185,7 @@ class TaskStore(Protocol):
         self, app_id: str, event_ids: Sequence[str] | None, now_ms: int
     ) -> int:
         """Make failed events (all of the AppId's, or those named) pending again, due now,
-        with a new retry window; how many."""
+        with a new retry window from their next attempt; how many."""
         ...
 
     async def discard_callbacks(self, app_id: str, event_ids: Sequence[str] | None) -> int:

@@ -56,8 +56,9 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     # 3: the callback outbox. A record is written in the same transaction as the task
     # change it reports; ``seq`` orders one task's events (max + 1 of the task, safe
     # because that transaction also compare-and-sets the task's row); the body is stored
-    # unsigned. ``created_ms`` starts the retry window (reset by a redelivery). Times
-    # are BIGINT: unix milliseconds overflow PostgreSQL's 32-bit INTEGER.
+    # unsigned. ``window_start_ms`` is the first attempt (0 before it; a redelivery
+    # sets it back to 0). Times are BIGINT: unix milliseconds overflow PostgreSQL's
+    # 32-bit INTEGER.
     (
         """CREATE TABLE callback_events (
             event_id TEXT PRIMARY KEY,
@@ -72,6 +73,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             last_error TEXT NOT NULL DEFAULT '',
             created_ms BIGINT NOT NULL,
             delivered_ms BIGINT NOT NULL DEFAULT 0,
+            window_start_ms BIGINT NOT NULL DEFAULT 0,
             UNIQUE (app_id, room_id, task_id, seq)
         )""",
         # The delivery worker's scan: pending events by due time.

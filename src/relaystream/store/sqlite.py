@@ -70,24 +70,25 @@ _PURGE = (
 
 _SELECT_CALLBACK = (
     "SELECT event_id, app_id, room_id, task_id, seq, body, state, attempts, next_attempt_ms,"
-    " last_error, created_ms, delivered_ms FROM callback_events"
+    " last_error, created_ms, delivered_ms, window_start_ms FROM callback_events"
 )
 # The next seq of the task is read in the same write transaction that inserts it.
 _INSERT_CALLBACK = (
     "INSERT INTO callback_events (event_id, app_id, room_id, task_id, seq, body, state,"
-    " attempts, next_attempt_ms, last_error, created_ms, delivered_ms)"
-    " SELECT ?, ?, ?, ?, coalesce(max(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ?"
+    " attempts, next_attempt_ms, last_error, created_ms, delivered_ms, window_start_ms)"
+    " SELECT ?, ?, ?, ?, coalesce(max(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?"
     " FROM callback_events WHERE app_id = ? AND room_id = ? AND task_id = ?"
 )
-# Pending and due, with no earlier pending event of its task (which may be being sent,
-# or waiting for its retry): one task's events go out one at a time, in order.
+# Pending and due, with no earlier undelivered event of its task (being sent, waiting
+# for its retry, or failed and waiting for an operator): one task's events go out one
+# at a time, in order, and never past one that failed.
 _DUE_CALLBACKS = (
     "SELECT event_id, app_id, room_id, task_id, seq, body, state, attempts, next_attempt_ms,"
-    " last_error, created_ms, delivered_ms FROM callback_events c"
+    " last_error, created_ms, delivered_ms, window_start_ms FROM callback_events c"
     " WHERE state = 'pending' AND next_attempt_ms <= ?"
     " AND NOT EXISTS (SELECT 1 FROM callback_events p WHERE p.app_id = c.app_id"
     " AND p.room_id = c.room_id AND p.task_id = c.task_id AND p.seq < c.seq"
-    " AND p.state = 'pending')"
+    " AND p.state <> 'delivered')"
 )
 _LEASE_CALLBACK = (
     "UPDATE callback_events SET next_attempt_ms = ?"
@@ -95,11 +96,11 @@ _LEASE_CALLBACK = (
 )
 _SETTLE_CALLBACK = (
     "UPDATE callback_events SET state = ?, attempts = ?, next_attempt_ms = ?, last_error = ?,"
-    " delivered_ms = ? WHERE event_id = ?"
+    " delivered_ms = ?, window_start_ms = ? WHERE event_id = ?"
 )
 _LIST_CALLBACKS = _SELECT_CALLBACK + " WHERE app_id = ?"
 _REDELIVER_CALLBACKS = (
-    "UPDATE callback_events SET state = 'pending', next_attempt_ms = ?, created_ms = ?,"
+    "UPDATE callback_events SET state = 'pending', next_attempt_ms = ?, window_start_ms = 0,"
     " last_error = '' WHERE app_id = ? AND state = 'failed'"
 )
 _DISCARD_CALLBACKS = "DELETE FROM callback_events WHERE app_id = ? AND state = 'failed'"
@@ -253,6 +254,7 @@ class SqliteTaskStore:
             record.next_attempt_ms,
             record.last_error,
             record.delivered_ms,
+            record.window_start_ms,
             record.event_id,
         )
         await self._writer.run(lambda db: _write_once(db, _SETTLE_CALLBACK, params))
@@ -269,7 +271,7 @@ class SqliteTaskStore:
     async def redeliver_callbacks(
         self, app_id: str, event_ids: Sequence[str] | None, now_ms: int
     ) -> int:
-        statement, params = _for_events(_REDELIVER_CALLBACKS, [now_ms, now_ms, app_id], event_ids)
+        statement, params = _for_events(_REDELIVER_CALLBACKS, [now_ms, app_id], event_ids)
         return await self._writer.run(lambda db: _write_once(db, statement, params))
 
     async def discard_callbacks(self, app_id: str, event_ids: Sequence[str] | None) -> int:
@@ -375,6 +377,7 @@ def _insert_callback(db: sqlite3.Connection, record: CallbackRecord) -> None:
             record.last_error,
             record.created_ms,
             record.delivered_ms,
+            record.window_start_ms,
             record.app_id,
             record.room_id,
             record.task_id,
@@ -481,4 +484,5 @@ def _to_callback(row: tuple[Any, ...]) -> CallbackRecord:
         last_error=str(row[9]),
         created_ms=int(row[10]),
         delivered_ms=int(row[11]),
+        window_start_ms=int(row[12]),
     )
