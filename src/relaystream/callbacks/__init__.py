@@ -8,4 +8,5 @@ it gets there.
 - ``delivery``: the worker that sends due records, in order per task, with retries,
   and never lets one receiver hold up another app's.
 - ``sender``: one signed POST through the checked HTTP client (address policy).
+- ``operators``: the pending and failed events an operator sees, redelivers, discards.
 """
