@@ -60,6 +60,13 @@ async def settled(store: SqliteTaskStore, state: CallbackState) -> list[Callback
     return records
 
 
+async def stopped(worker: asyncio.Task[None]) -> None:
+    """Cancel the worker; it must end promptly (a server's shutdown waits for it)."""
+    worker.cancel()
+    done, _ = await asyncio.wait([worker], timeout=5)
+    assert done, "the delivery worker did not stop when cancelled"
+
+
 async def run_delivery(
     store: SqliteTaskStore, url: str, *, allow_private: bool = True
 ) -> tuple[asyncio.Task[None], HttpCallbackSender]:
@@ -79,8 +86,7 @@ async def test_an_event_nobody_takes_fails_at_the_end_of_its_window(
     try:
         [failed] = await settled(store, CallbackState.FAILED)
     finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
+        await stopped(worker)
         sender.close()
     assert failed.event_id == record.event_id
     # Backed off from 0.1 s to 0.2 s within a 0.8 s window: a handful of tries, not a storm.
@@ -97,8 +103,7 @@ async def test_a_callback_url_the_policy_refuses_is_never_sent_to(
     try:
         [failed] = await settled(store, CallbackState.FAILED)
     finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
+        await stopped(worker)
         sender.close()
     assert "callbacks.allow_private" in failed.last_error
     assert receiver.events == [] and receiver.rejected == []
@@ -112,8 +117,7 @@ async def test_a_delivered_event_is_signed_and_settled(
     try:
         [delivered] = await settled(store, CallbackState.DELIVERED)
     finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
+        await stopped(worker)
         sender.close()
     assert delivered.attempts == 1 and delivered.delivered_ms > 0
     assert [event.event_id for event in receiver.events] == [record.event_id]
@@ -127,3 +131,4 @@ def test_backoff_doubles_from_the_base_up_to_the_cap_with_jitter() -> None:
         assert len(set(waits)) > 1  # jittered
     assert all(backoff_s(n, settings) <= 300.0 for n in (9, 10, 100, 10_000))
     assert max(backoff_s(20, settings) for _ in range(50)) == pytest.approx(300.0, rel=0.2)
+

@@ -50,6 +50,9 @@ class CallbackOutbox:
 
     async def wait_for_events(self, timeout_s: float) -> None:
         """Until ``committed`` is called (or was, since the last wait), or ``timeout_s``."""
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+        # that arrives as the event is set, and the worker would never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._new_events.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._new_events.wait()
         self._new_events.clear()
