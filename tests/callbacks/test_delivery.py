@@ -131,4 +131,3 @@ def test_backoff_doubles_from_the_base_up_to_the_cap_with_jitter() -> None:
         assert len(set(waits)) > 1  # jittered
     assert all(backoff_s(n, settings) <= 300.0 for n in (9, 10, 100, 10_000))
     assert max(backoff_s(20, settings) for _ in range(50)) == pytest.approx(300.0, rel=0.2)
-
