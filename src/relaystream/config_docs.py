@@ -76,6 +76,20 @@ DESCRIPTIONS: dict[str, str] = {
     "server.tls_cert": "PEM certificate (with its chain) to serve everything over HTTPS; "
     "with `tls_key`. `serve --tls-cert` overrides it.",
     "server.tls_key": "PEM private key of `tls_cert`. `serve --tls-key` overrides it.",
+    "callbacks": "Delivery of RelayStreamStateChanged callbacks (SPEC §5).",
+    "callbacks.allow_private": "Let callback URLs reach loopback, private and link-local "
+    "addresses (a test, or a receiver on your own network).",
+    "callbacks.timeout_s": "One POST, answer included; a slower receiver is retried.",
+    "callbacks.backoff_base_s": "The first retry comes after about this long, each next one "
+    "twice as late (with jitter)...",
+    "callbacks.backoff_cap_s": "...up to this long between attempts.",
+    "callbacks.retry_window_s": "An event not delivered this long after its first attempt "
+    "is kept as failed, until an operator redelivers or discards it.",
+    "callbacks.poll_interval_s": "How often due retries are looked for (new events go at once).",
+    "callbacks.max_in_flight": "POSTs under way at once, all apps together.",
+    "callbacks.max_in_flight_per_app": "POSTs under way at once for one AppId, so one slow "
+    "receiver cannot hold up the others.",
+    "callbacks.delivered_retention_s": "Delivered events are kept this long, then purged.",
     "media": "What one media worker may spend; a worker past a limit ends its own task.",
     "media.worker_memory_limit_mb": "A worker whose memory passes this is killed; its task "
     "ends `SourceError` and is not relaunched.",

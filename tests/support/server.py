@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +37,9 @@ class RelayServer:
     port: int
     data_dir: Path
     log_path: Path
-    extra_config: str = ""
-    tasks_toml: str = ""
+    config_path: Path
     serve_args: tuple[str, ...] = ()
     tls: ssl.SSLContext | None = None  # a client context trusting the HTTPS certificate
-
-    @property
-    def config_path(self) -> Path:
-        return self.data_dir.parent / "relaystream.toml"
 
     @property
     def host(self) -> str:
@@ -86,13 +82,12 @@ class RelayServer:
         self.process.wait()
 
     def restart(self) -> RelayServer:
-        """A new server process on the same config, data dir and port."""
-        return start_server(
+        """A new server process on the same config file, data dir and port."""
+        return serve(
             self.data_dir.parent,
-            extra_config=self.extra_config,
-            tasks_toml=self.tasks_toml,
-            serve_args=self.serve_args,
+            self.config_path,
             port=self.port,
+            serve_args=self.serve_args,
             tls=self.tls,
         )
 
@@ -109,12 +104,21 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 def write_config(
-    path: Path, *, allow_private: bool = True, extra: str = "", tasks_toml: str = ""
+    path: Path,
+    *,
+    allow_private: bool = True,
+    tasks_toml: str = "",
+    extra: str = "",
+    app_toml: Mapping[str, str] | None = None,
+    callbacks_toml: str = "",
 ) -> Path:
     """The test config; ``tasks_toml`` is the body of its [tasks] section, ``extra`` TOML
     placed right after ``[sources] allow_private`` (lines before any table header belong
-    to ``[sources]``)."""
+    to ``[sources]``), ``app_toml`` more keys of an app by AppId (``callback_url``...),
+    ``callbacks_toml`` the body of its [callbacks] section."""
+    more = app_toml or {}
     tasks_section = f"[tasks]\n{tasks_toml}" if tasks_toml else ""
+    callbacks_section = f"[callbacks]\n{callbacks_toml}" if callbacks_toml else ""
     path.write_text(
         f"""
 region = "cn-north-1"
@@ -132,6 +136,7 @@ apps = ["{OTHER_APP_ID}"]
 [[apps]]
 app_id = "{APP_ID}"
 app_key = "{APP_KEY}"
+{more.get(APP_ID, "")}
 
 [[apps]]
 app_id = "{OTHER_APP_ID}"
@@ -145,12 +150,15 @@ qps_limit = {LIMITED_APP_QPS}
 [[apps]]
 app_id = "{SECOND_APP_ID}"
 app_key = "{SECOND_APP_KEY}"
+{more.get(SECOND_APP_ID, "")}
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
 {extra}
 
 {tasks_section}
+
+{callbacks_section}
 """
     )
     return path
@@ -162,20 +170,36 @@ def start_server(
     allow_private: bool = True,
     extra_config: str = "",
     tasks_toml: str = "",
+    app_toml: Mapping[str, str] | None = None,
+    callbacks_toml: str = "",
     serve_args: tuple[str, ...] = (),
-    port: int | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> RelayServer:
-    """A server on a free port (or ``port``: a restart on the same data dir and port);
-    ``serve_args`` are more options of ``relaystream serve``; with ``--tls-cert`` among
-    them, ``tls`` is a client context that trusts the certificate."""
+    """A server with the test config (see ``write_config``) on a free port; ``serve_args``
+    are more options of ``relaystream serve``; with ``--tls-cert`` among them, ``tls`` is
+    a client context that trusts the certificate."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
         workdir / "relaystream.toml",
         allow_private=allow_private,
         extra=extra_config,
         tasks_toml=tasks_toml,
+        app_toml=app_toml,
+        callbacks_toml=callbacks_toml,
     )
+    return serve(workdir, config, serve_args=serve_args, tls=tls)
+
+
+def serve(
+    workdir: Path,
+    config: Path,
+    *,
+    port: int | None = None,
+    serve_args: tuple[str, ...] = (),
+    tls: ssl.SSLContext | None = None,
+) -> RelayServer:
+    """``relaystream serve`` with ``config``, its data and log in ``workdir``, on a free
+    port (or ``port``: a restart); returns once it answers /healthz."""
     port = port or free_port()
     log_path = workdir / "server.log"
     log = log_path.open("ab")
@@ -197,9 +221,7 @@ def start_server(
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    server = RelayServer(
-        process, port, workdir / "data", log_path, extra_config, tasks_toml, serve_args, tls
-    )
+    server = RelayServer(process, port, workdir / "data", log_path, config, serve_args, tls)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
