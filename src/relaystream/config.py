@@ -69,6 +69,12 @@ class TasksConfig(_Strict):
     max_running_per_app: Annotated[int, Field(gt=0)] = 64
 
 
+class StoreConfig(_Strict):
+    # Where tasks live: SQLite in the data dir when unset, or a PostgreSQL URL
+    # ("postgresql://user:password@host:5432/db") that several nodes share.
+    url: Annotated[str | None, Field(repr=False, pattern=r"^postgres(ql)?://")] = None
+
+
 class RtcConfig(_Strict):
     # Host candidates offered to viewers; loopback by default, since the server
     # listens on 127.0.0.1 unless told otherwise.
@@ -86,6 +92,7 @@ class Config(_Strict):
     apps: tuple[AppConfig, ...] = ()
     sources: SourcesConfig = SourcesConfig()
     tasks: TasksConfig = TasksConfig()
+    store: StoreConfig = StoreConfig()
     rtc: RtcConfig = RtcConfig()
     metrics: MetricsConfig = MetricsConfig()
 

@@ -52,6 +52,9 @@ DESCRIPTIONS: dict[str, str] = {
     "tasks.max_running_per_node": "Tasks holding a media worker on one node (scheduled ones "
     "do not count).",
     "tasks.max_running_per_app": "The same, per AppId, unless the app sets its own.",
+    "store": "Where tasks live.",
+    "store.url": "A PostgreSQL URL (`postgresql://user:password@host:5432/db`) that several "
+    "nodes share; unset: SQLite in the data dir (one node).",
     "rtc": "The embedded SFU.",
     "rtc.ice_addresses": "Host candidates offered to viewers; loopback by default, since "
     "the server listens on 127.0.0.1 unless told otherwise.",

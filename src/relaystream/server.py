@@ -73,7 +73,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
     config = settings.config
     use_ice_addresses(config.rtc.ice_addresses)
     prepare_data_dir(settings.data_dir)
-    store = await open_task_store(settings.data_dir)
+    store = await open_task_store(settings.data_dir, config.store.url)
     rooms = RoomRegistry()
     policy = SourcePolicy(
         allow_private=config.sources.allow_private,

@@ -31,7 +31,7 @@ from relaystream.store import (
     TaskTransaction,
     UserTaken,
 )
-from relaystream.store.migrations import MIGRATIONS
+from relaystream.store.migrations import MIGRATIONS, for_sqlite
 
 # How long a writer waits for another connection's write lock before giving up.
 _BUSY_TIMEOUT_S = 10.0
@@ -284,7 +284,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         try:
             if _schema_version(db) < target:
                 for statement in statements:
-                    db.execute(statement)
+                    db.execute(for_sqlite(statement))
                 db.execute("DELETE FROM schema_version")
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
         except BaseException:

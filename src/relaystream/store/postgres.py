@@ -1,0 +1,258 @@
+"""The task store on PostgreSQL, for several nodes sharing one database.
+
+A pool of connections in autocommit mode: a read is one statement on any connection; a
+unit of work holds one connection for its whole block, inside a real transaction, so its
+compare-and-set writes run (and raise their conflicts) where they are made and commit
+together when the block ends. Uniqueness (a task key, an active user id in a room) is
+the database's own constraints, so it holds across nodes with no lock of ours.
+
+Migrations take a transaction-scoped advisory lock: nodes that start together apply
+each migration once, and the others wait and then see it applied.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors
+from psycopg_pool import AsyncConnectionPool
+
+from relaystream.store import (
+    ENDED_STATUS,
+    StaleVersion,
+    TaskExists,
+    TaskPage,
+    TaskQuery,
+    TaskRecord,
+    TaskTransaction,
+    UserTaken,
+)
+from relaystream.store.migrations import MIGRATIONS, for_postgresql
+
+# A fixed key for pg_advisory_xact_lock: "relaystream migrations".
+_MIGRATION_LOCK: Final = 0x72656C6179
+_PURGE_BATCH: Final = 500
+_POOL_MAX: Final = 8
+_CONNECT_TIMEOUT_S: Final = 10.0
+
+_KEY_CONSTRAINT: Final = "relay_tasks_pkey"
+
+# Queries are whole literals; only the fixed ORDER BY direction is chosen at run time.
+_SELECT = (
+    "SELECT app_id, room_id, task_id, user_id, status, create_time_ms, end_time_ms, version,"
+    " document FROM relay_tasks"
+)
+_GET = _SELECT + " WHERE app_id = %s AND room_id = %s AND task_id = %s"
+_INSERT = (
+    "INSERT INTO relay_tasks (app_id, room_id, task_id, user_id, status, create_time_ms,"
+    " end_time_ms, version, document) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_UPDATE = (
+    "UPDATE relay_tasks SET user_id = %s, status = %s, create_time_ms = %s, end_time_ms = %s,"
+    " version = %s, document = %s"
+    " WHERE app_id = %s AND room_id = %s AND task_id = %s AND version = %s"
+)
+_WITH_STATUS = _SELECT + " WHERE status = ANY(%s) ORDER BY create_time_ms"
+_COUNT_APP = "SELECT count(*) FROM relay_tasks WHERE app_id = %s"
+_COUNT_ROOM = "SELECT count(*) FROM relay_tasks WHERE app_id = %s AND room_id = %s"
+_PAGE_APP = _SELECT + " WHERE app_id = %s"
+_PAGE_ROOM = _SELECT + " WHERE app_id = %s AND room_id = %s"
+_PURGE = (
+    "DELETE FROM relay_tasks WHERE (app_id, room_id, task_id) IN"
+    " (SELECT app_id, room_id, task_id FROM relay_tasks"
+    " WHERE status = %s AND end_time_ms < %s LIMIT %s)"
+)
+
+
+def redacted_url(url: str) -> str:
+    """The URL with its password left out, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))
+
+
+class PostgresTaskStore:
+    def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresTaskStore:
+        """Connect and migrate; ``psycopg.Error`` or ``PoolTimeout`` when it cannot."""
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=_POOL_MAX,
+            open=False,
+            kwargs={"autocommit": True},
+            timeout=_CONNECT_TIMEOUT_S,
+        )
+        try:
+            await pool.open(wait=True, timeout=_CONNECT_TIMEOUT_S)
+            async with pool.connection() as conn:
+                await _migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool)
+
+    async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
+        async with self._pool.connection() as conn:
+            return await _get(conn, app_id, room_id, task_id)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[TaskTransaction]:
+        async with self._pool.connection() as conn, conn.transaction():
+            yield _PostgresTransaction(conn)
+
+    async def list_with_status(self, statuses: tuple[int, ...]) -> list[TaskRecord]:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_WITH_STATUS, (list(statuses),))
+            return [_to_record(row) for row in await cursor.fetchall()]
+
+    async def query(self, query: TaskQuery) -> TaskPage:
+        if query.room_id is None:
+            count, page, params = _COUNT_APP, _PAGE_APP, [query.app_id]
+        else:
+            count, page, params = _COUNT_ROOM, _PAGE_ROOM, [query.app_id, query.room_id]
+        direction = "DESC" if query.newest_first else "ASC"
+        page += (
+            f" ORDER BY create_time_ms {direction}, room_id {direction}, task_id {direction}"
+            " LIMIT %s OFFSET %s"
+        )
+        async with self._pool.connection() as conn, conn.transaction():
+            # One snapshot for the total and the page.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            total_row = await (await conn.execute(count, params)).fetchone()
+            rows = await (await conn.execute(page, [*params, query.limit, query.offset])).fetchall()
+        total = int(total_row[0]) if total_row else 0
+        return TaskPage(total=total, records=[_to_record(row) for row in rows])
+
+    async def purge_ended(self, ended_before_ms: int) -> int:
+        purged = 0
+        async with self._pool.connection() as conn:
+            while True:
+                # Each batch commits on its own (autocommit): no long-held row locks.
+                cursor = await conn.execute(_PURGE, (ENDED_STATUS, ended_before_ms, _PURGE_BATCH))
+                purged += cursor.rowcount
+                if cursor.rowcount < _PURGE_BATCH:
+                    return purged
+
+    async def schema_version(self) -> int:
+        async with self._pool.connection() as conn:
+            return await _schema_version(conn)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+class _PostgresTransaction:
+    """Writes run at once inside the open transaction, so conflicts raise here."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
+        return await _get(self._conn, app_id, room_id, task_id)
+
+    async def insert(self, record: TaskRecord) -> TaskRecord:
+        stored = record.with_version(1)
+        try:
+            await self._conn.execute(_INSERT, _values(stored))
+        except errors.UniqueViolation as exc:
+            if exc.diag.constraint_name == _KEY_CONSTRAINT:
+                raise TaskExists(_key(record)) from None
+            raise UserTaken(_key(record)) from None
+        return stored
+
+    async def update(self, record: TaskRecord) -> TaskRecord:
+        try:
+            cursor = await self._conn.execute(
+                _UPDATE,
+                (
+                    record.user_id,
+                    record.status,
+                    record.create_time_ms,
+                    record.end_time_ms,
+                    record.version + 1,
+                    json.dumps(record.document),
+                    record.app_id,
+                    record.room_id,
+                    record.task_id,
+                    record.version,
+                ),
+            )
+        except errors.UniqueViolation:
+            raise UserTaken(_key(record)) from None
+        if cursor.rowcount != 1:
+            raise StaleVersion(f"{_key(record)} is no longer at version {record.version}")
+        return record.with_version(record.version + 1)
+
+
+async def _get(
+    conn: psycopg.AsyncConnection[Any], app_id: str, room_id: str, task_id: str
+) -> TaskRecord | None:
+    row = await (await conn.execute(_GET, (app_id, room_id, task_id))).fetchone()
+    return _to_record(row) if row else None
+
+
+async def _schema_version(conn: psycopg.AsyncConnection[Any]) -> int:
+    row = await (await conn.execute("SELECT version FROM schema_version")).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
+    for target, statements in enumerate(MIGRATIONS, start=1):
+        async with conn.transaction():
+            # Held to the end of this transaction: one node migrates, the others wait.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            )
+            if await _schema_version(conn) < target:
+                for statement in statements:
+                    await conn.execute(for_postgresql(statement))
+                await conn.execute("DELETE FROM schema_version")
+                await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (target,))
+
+
+def _key(record: TaskRecord) -> str:
+    return f"{record.app_id}/{record.room_id}/{record.task_id}"
+
+
+def _values(record: TaskRecord) -> tuple[Any, ...]:
+    return (
+        record.app_id,
+        record.room_id,
+        record.task_id,
+        record.user_id,
+        record.status,
+        record.create_time_ms,
+        record.end_time_ms,
+        record.version,
+        json.dumps(record.document),
+    )
+
+
+def _to_record(row: tuple[Any, ...]) -> TaskRecord:
+    app_id, room_id, task_id, user_id, status, created, ended, version, document = row
+    return TaskRecord(
+        app_id=str(app_id),
+        room_id=str(room_id),
+        task_id=str(task_id),
+        user_id=str(user_id),
+        status=int(status),
+        create_time_ms=int(created),
+        end_time_ms=int(ended),
+        version=int(version),
+        document=json.loads(document),
+    )
