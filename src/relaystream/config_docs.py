@@ -55,6 +55,14 @@ DESCRIPTIONS: dict[str, str] = {
     "store": "Where tasks live.",
     "store.url": "A PostgreSQL URL (`postgresql://user:password@host:5432/db`) that several "
     "nodes share; unset: SQLite in the data dir (one node).",
+    "node": "This node among several sharing one PostgreSQL store.",
+    "node.id": "Its name; made once and kept in the data dir (`node-id`) when unset.",
+    "node.advertise_url": "The base URL other nodes send this node's viewers and "
+    "publishers to (307); `http://HOST:PORT` of `serve` when unset.",
+    "node.lease_s": "How long a node's hold on a task lasts without renewal; its "
+    "workers stop themselves a second before it ends.",
+    "node.renew_s": "How often leases are renewed (at most half of `lease_s`); a dead "
+    "node's tasks move within about `lease_s + renew_s`.",
     "rtc": "The embedded SFU.",
     "rtc.ice_addresses": "Host candidates offered to viewers; loopback by default, since "
     "the server listens on 127.0.0.1 unless told otherwise.",

@@ -26,8 +26,9 @@ from relaystream.rtc.room import RoomRegistry
 from relaystream.rtc.signaling import cors
 from relaystream.rtc.whep import WhepEndpoint
 from relaystream.rtc.whip import WhipEndpoint
-from relaystream.startup import open_task_store, prepare_data_dir
+from relaystream.startup import node_id, open_task_store, prepare_data_dir
 from relaystream.tasks.limits import RunningSlots
+from relaystream.tasks.node import NodeSettings
 from relaystream.tasks.retention import RetentionJob
 from relaystream.tasks.runner import RunSettings, SourcePolicy
 from relaystream.tasks.service import TaskService
@@ -93,6 +94,12 @@ async def build_app(settings: ServerSettings) -> web.Application:
         policy,
         slots,
         RunSettings(lifetime_s=config.tasks.lifetime_s),
+        NodeSettings(
+            node_id=config.node.id or node_id(settings.data_dir),
+            advertise_url=config.node.advertise_url or settings.base_url,
+            lease_s=config.node.lease_s,
+            renew_s=config.node.renew_s,
+        ),
     )
     retention = RetentionJob(
         store,
@@ -126,7 +133,16 @@ async def build_app(settings: ServerSettings) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         if not ready.is_set():
             return web.json_response({"status": "starting"}, status=503)
-        return web.json_response({"status": "ok"})
+        node = supervisor.node
+        return web.json_response(
+            {
+                "status": "ok",
+                "node": node.node_id,
+                "advertise_url": node.advertise_url,
+                "lease_until_ms": supervisor.lease_until_ms,
+                "tasks": len(supervisor.runs()),
+            }
+        )
 
     answer_parser_errors_with_envelopes(config.region)
     actions = Actions(config, tasks, stream_urls)

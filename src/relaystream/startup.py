@@ -61,3 +61,15 @@ async def _open_postgres(url: str) -> PostgresTaskStore:
         # The driver's message may quote the URL; only the redacted one is shown.
         reason = type(exc).__name__
         raise StartupError(f"the task store {redacted_url(url)} is not usable: {reason}") from None
+
+
+def node_id(data_dir: Path) -> str:
+    """This node's id, made once and kept in the data dir (stable across restarts, so a
+    restarted node takes back its own tasks at once)."""
+    path = data_dir / "node-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        made = f"node-{uuid.uuid4().hex[:8]}"
+        path.write_text(made + "\n")
+        return made

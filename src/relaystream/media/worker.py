@@ -2,18 +2,30 @@
 
 Reads one PipelineSpec as a JSON line on stdin (then commands, one JSON line each),
 writes wire messages on stdout, logs on stderr. Exit code 0 means the source ended; 2
-means a failure was reported as a ``failed`` event; anything else is a crash.
+means a failure was reported as a ``failed`` event; 3 means the node's lease on the task
+passed without renewal (fencing: the worker stops on its own, even when the node's
+process is frozen); anything else is a crash.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from typing import IO
 
-from relaystream.media.events import SourceEnded, SourceFailed, WorkerEvent
+from relaystream.media.events import (
+    CommandName,
+    EventFormatError,
+    SourceEnded,
+    SourceFailed,
+    WorkerCommand,
+    WorkerEvent,
+)
 from relaystream.media.pipeline import RelayPipeline
 from relaystream.media.source import SourceError
 from relaystream.media.spec import PipelineSpec
@@ -21,6 +33,43 @@ from relaystream.media.wire import EncodedPacket, write_event, write_packet
 
 EXIT_SOURCE_ENDED = 0
 EXIT_SOURCE_ERROR = 2
+EXIT_LEASE_EXPIRED = 3
+_LEASE_CHECK_S = 0.05
+
+
+class LeaseFence:
+    """Exits the process when the last lease deadline it was given passes.
+
+    Commands are read on a thread of their own, and the deadline is checked on another:
+    neither depends on the pipeline, nor on the node that sends the renewals."""
+
+    def __init__(self, commands: IO[bytes]) -> None:
+        self._commands = commands
+        self._deadline_s: float | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        threading.Thread(target=self._read, name="commands", daemon=True).start()
+        threading.Thread(target=self._watch, name="lease", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._commands:
+            try:
+                command = WorkerCommand.from_line(line)
+            except (EventFormatError, ValueError):
+                continue
+            if command.name is CommandName.LEASE:
+                with self._lock:
+                    self._deadline_s = float(command.args["deadline"])
+
+    def _watch(self) -> None:
+        while True:
+            with self._lock:
+                deadline_s = self._deadline_s
+            if deadline_s is not None and time.time() >= deadline_s:
+                # At once, from any thread: no cleanup may outlive the lease.
+                os._exit(EXIT_LEASE_EXPIRED)
+            time.sleep(_LEASE_CHECK_S)
 
 
 def run_worker(spec: PipelineSpec, out: IO[bytes]) -> int:
@@ -48,6 +97,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     spec = PipelineSpec.from_json_dict(json.loads(sys.stdin.buffer.readline()))
+    LeaseFence(sys.stdin.buffer).start()
     return run_worker(spec, sys.stdout.buffer)
 
 

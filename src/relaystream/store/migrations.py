@@ -84,6 +84,27 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "DROP INDEX IF EXISTS relay_tasks_status",
         "CREATE INDEX relay_tasks_status_end ON relay_tasks (status, end_time_ms)",
     ),
+    # 3: several nodes on one database: the nodes that are up, and which node runs
+    # each active task until when (a lease it renews; an expired one may be taken).
+    (
+        """CREATE TABLE nodes (
+            node_id TEXT PRIMARY KEY,
+            advertise_url TEXT NOT NULL,
+            lease_until_ms BIGINT NOT NULL,
+            capacity INTEGER NOT NULL,
+            running INTEGER NOT NULL,
+            draining INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE task_leases (
+            app_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            lease_until_ms BIGINT NOT NULL,
+            PRIMARY KEY (app_id, room_id, task_id)
+        )""",
+        "CREATE INDEX task_leases_node ON task_leases (node_id, lease_until_ms)",
+    ),
 )
 
 LATEST_VERSION: Final = len(MIGRATIONS)

@@ -13,6 +13,7 @@ each migration once, and the others wait and then see it applied.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -31,7 +32,9 @@ from relaystream.store import (
     TaskRecord,
     TaskTransaction,
     UserTaken,
+    leases,
 )
+from relaystream.store.leases import NodeInfo, TaskLeaseKey
 from relaystream.store.migrations import MIGRATIONS, for_postgresql
 
 # A fixed key for pg_advisory_xact_lock: "relaystream migrations".
@@ -151,6 +154,70 @@ class PostgresTaskStore:
         async with self._pool.connection() as conn:
             return await _schema_version(conn)
 
+    # Leases (relaystream.store.leases): each is one statement, atomic on its own.
+
+    async def heartbeat(self, node: NodeInfo) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                leases.HEARTBEAT,
+                (
+                    node.node_id,
+                    node.advertise_url,
+                    node.lease_until_ms,
+                    node.capacity,
+                    node.running,
+                    int(node.draining),
+                ),
+            )
+
+    async def nodes(self) -> list[NodeInfo]:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(leases.NODES, (_now_ms(),))
+            return [leases.to_node(row) for row in await cursor.fetchall()]
+
+    async def claim(self, key: TaskLeaseKey, node_id: str, now_ms: int, until_ms: int) -> bool:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                leases.CLAIM, (key.app_id, key.room_id, key.task_id, node_id, until_ms, now_ms)
+            )
+            return cursor.rowcount == 1
+
+    async def renew(self, node_id: str, now_ms: int, until_ms: int) -> set[TaskLeaseKey]:
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(leases.RENEW, (until_ms, node_id, now_ms))
+            cursor = await conn.execute(leases.HELD, (node_id, until_ms))
+            return {TaskLeaseKey(*row) for row in await cursor.fetchall()}
+
+    async def release(self, key: TaskLeaseKey, node_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(leases.RELEASE, (key.app_id, key.room_id, key.task_id, node_id))
+
+    async def release_all(self, node_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(leases.RELEASE_ALL, (node_id,))
+
+    async def holder(self, key: TaskLeaseKey, now_ms: int) -> NodeInfo | None:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                leases.HOLDER, (key.app_id, key.room_id, key.task_id, now_ms)
+            )
+            row = await cursor.fetchone()
+            return leases.to_node(row) if row else None
+
+    async def unleased(
+        self, statuses: tuple[int, ...], now_ms: int, limit: int
+    ) -> list[TaskRecord]:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                leases.UNLEASED, leases.unleased_params(statuses, now_ms, limit)
+            )
+            return [_to_record(row) for row in await cursor.fetchall()]
+
+    async def set_draining(self, node_id: str, draining: bool) -> bool:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(leases.SET_DRAINING, (int(draining), node_id))
+            return cursor.rowcount == 1
+
     async def close(self) -> None:
         await self._pool.close()
 
@@ -223,6 +290,10 @@ async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
                     await conn.execute(for_postgresql(statement))
                 await conn.execute("DELETE FROM schema_version")
                 await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (target,))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _key(record: TaskRecord) -> str:

@@ -7,6 +7,13 @@ each a compare-and-set on the stored version (another node, or another coroutine
 have changed the task since it was read: the change is then applied again to what is
 stored now). A shutdown leaves active tasks active so the next start resumes them: a
 VOD near its saved position, a live source by reconnecting.
+
+Several nodes may share the store (relaystream.tasks.node): a node runs a task only
+while it holds its lease. Every ``renew_s`` it renews its leases (a run whose lease was
+lost stops here without ending its task: another node has it), hands its runs the new
+fencing deadline, follows what other nodes recorded for its tasks (a Stop or an Update
+made through them), and takes the unleased active tasks placement gives it. A draining
+node hands all of its tasks back and takes none.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from dataclasses import replace
 from relaystream import metrics
 from relaystream.logs import log_event, url_for_log
 from relaystream.rtc.publisher import RoomConnector
-from relaystream.store import StaleVersion, TaskExists, TaskQuery, TaskStore
+from relaystream.store import StaleVersion, TaskExists, TaskQuery
+from relaystream.store.leases import NodeInfo
 from relaystream.tasks.control import RelayControl
 from relaystream.tasks.limits import RunningSlots, Slot, TaskLimitReached
 from relaystream.tasks.model import (
@@ -31,6 +39,14 @@ from relaystream.tasks.model import (
     TaskStatus,
     from_record,
     to_record,
+)
+from relaystream.tasks.node import (
+    NodeSettings,
+    SharedTaskStore,
+    capacity_of,
+    freest_node,
+    lease_key,
+    now_ms,
 )
 from relaystream.tasks.runner import RelayRun, RunOutcome, RunSettings, RunStats, SourcePolicy
 
@@ -50,18 +66,32 @@ class TaskAlreadyActive(Exception):
 class TaskSupervisor:
     def __init__(
         self,
-        store: TaskStore,
+        store: SharedTaskStore,
         connector: RoomConnector,
         policy: SourcePolicy,
         slots: RunningSlots | None = None,
         settings: RunSettings | None = None,
+        node: NodeSettings | None = None,
     ) -> None:
         self._store = store
         self._connector = connector
         self._policy = policy
         self._slots = slots or RunningSlots.unlimited()
         self._settings = settings or RunSettings()
+        self._node = node or NodeSettings()
         self._runs: dict[TaskKey, tuple[RelayRun, asyncio.Task[None]]] = {}
+        self._lease_until_ms = 0
+        self._draining = False
+        self._keeper: asyncio.Task[None] | None = None
+
+    @property
+    def node(self) -> NodeSettings:
+        return self._node
+
+    @property
+    def lease_until_ms(self) -> int:
+        """Until when this node's row (and its leases) were last renewed."""
+        return self._lease_until_ms
 
     async def load(self, key: TaskKey) -> RelayTask | None:
         record = await self._store.get(key.app_id, key.room_id, key.task_id)
@@ -84,18 +114,122 @@ class TaskSupervisor:
         return [run for run, _ in self._runs.values()]
 
     async def resume(self) -> int:
-        """Start the runs of tasks that were active when the server last stopped."""
-        tasks = await self.active_tasks()
-        resumed = 0
-        for task in tasks:
-            current = await self._transition(
-                task.key, lambda t: t.reconnecting() if t.status is TaskStatus.RUNNING else t
+        """Take this node's share of the active tasks no node holds (after a restart:
+        those it ran itself, whose leases are its own), then keep leases from now on."""
+        await self._heartbeat()
+        self._keeper = asyncio.create_task(self._keep_leases(), name="node leases")
+        return await self._take_unleased()
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._node.renew_s)
+            try:
+                await self._renew_round()
+            except Exception:
+                # The store is unreachable or failing: the leases lapse and the workers
+                # fence themselves; the next round tries again.
+                logger.exception("renewing leases of node %s failed", self._node.node_id)
+
+    async def _renew_round(self) -> None:
+        now = now_ms()
+        until = now + self._node.lease_ms
+        held = await self._store.renew(self._node.node_id, now, until)
+        for key in [k for k in self._runs if lease_key(k) not in held]:
+            log_event(logger, "task lease lost", task=key, node=self._node.node_id)
+            await self._drop_run(key)
+        deadline_s = until / 1000 - self._node.fence_margin_s
+        for run, _ in self._runs.values():
+            run.extend_lease(deadline_s)
+        await self._heartbeat(until)
+        await self._follow_store()
+        if self._draining:
+            await self._hand_back_all()
+        else:
+            await self._take_unleased()
+
+    def _fence_deadline(self, until_ms: int) -> float | None:
+        """When workers must stop unless renewed; None before the leases are kept
+        (a supervisor that never resumed, as in a unit test, renews nothing)."""
+        if self._keeper is None:
+            return None
+        return until_ms / 1000 - self._node.fence_margin_s
+
+    async def _heartbeat(self, until_ms: int | None = None) -> None:
+        until = until_ms if until_ms is not None else now_ms() + self._node.lease_ms
+        mine = [n for n in await self._store.nodes() if n.node_id == self._node.node_id]
+        self._draining = bool(mine and mine[0].draining)
+        await self._store.heartbeat(
+            NodeInfo(
+                node_id=self._node.node_id,
+                advertise_url=self._node.advertise_url,
+                lease_until_ms=until,
+                capacity=capacity_of(self._slots.capacity),
+                running=len(self._runs),
+                draining=self._draining,
             )
-            if current is not None:
-                self._spawn(current)
-                _log_start(current, metrics.StartKind.RESUME)
-                resumed += 1
-        return resumed
+        )
+        self._lease_until_ms = until
+
+    async def _follow_store(self) -> None:
+        """Apply what other nodes recorded for this node's tasks: a Stop, an Update."""
+        for key, (run, _) in list(self._runs.items()):
+            record = await self._store.get(key.app_id, key.room_id, key.task_id)
+            stored = from_record(record) if record else None
+            if stored is None or not stored.active:
+                await self._drop_run(key)
+                await self._store.release(lease_key(key), self._node.node_id)
+            elif stored.control != run.task.control:
+                run.apply_control(stored)
+
+    async def _take_unleased(self) -> int:
+        """Take the unleased active tasks placement gives this node; how many."""
+        now = now_ms()
+        free = capacity_of(self._slots.capacity) - len(self._runs)
+        if free <= 0:
+            return 0
+        freest = freest_node(await self._store.nodes(), now)
+        if freest is not None and freest.node_id != self._node.node_id:
+            return 0  # the freest live node takes them
+        taken = 0
+        for record in await self._store.unleased(ACTIVE_STATUSES, now, free):
+            key = TaskKey(record.app_id, record.room_id, record.task_id)
+            if key in self._runs:
+                continue
+            until = now_ms() + self._node.lease_ms
+            if not await self._store.claim(lease_key(key), self._node.node_id, now, until):
+                continue  # another node took it first
+            current = await self._transition(
+                key, lambda t: t.reconnecting() if t.status is TaskStatus.RUNNING else t
+            )
+            if current is None:
+                await self._store.release(lease_key(key), self._node.node_id)
+                continue
+            self._spawn(current, lease_deadline_s=self._fence_deadline(until))
+            _log_start(current, metrics.StartKind.RESUME)
+            taken += 1
+        return taken
+
+    async def drain(self) -> int:
+        """Hand every task of this node to the others (before maintenance); how many."""
+        self._draining = True
+        await self._store.set_draining(self._node.node_id, True)
+        return await self._hand_back_all()
+
+    async def _hand_back_all(self) -> int:
+        keys = list(self._runs)
+        for key in keys:
+            await self._drop_run(key)
+            await self._store.release(lease_key(key), self._node.node_id)
+            log_event(logger, "task handed over", task=key, node=self._node.node_id)
+        return len(keys)
+
+    async def _drop_run(self, key: TaskKey) -> None:
+        """Stop this node's run of ``key`` without ending the task."""
+        entry = self._runs.pop(key, None)
+        if entry is not None:
+            entry[1].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await entry[1]
 
     async def launch(self, task: RelayTask) -> None:
         """Persist a new run of ``task`` (status 1) and start it.
@@ -104,14 +238,32 @@ class TaskSupervisor:
         full); a scheduled one takes it at its start time. ``TaskAlreadyActive`` if the
         task is not ended, ``UserTaken`` if its user already publishes in the room.
         """
-        slot = self._slots.take(task.key.app_id) if _due(task) else None
-        try:
+        if task.key in self._runs:
+            raise TaskAlreadyActive(str(task.key))
+        now = now_ms()
+        freest = freest_node(await self._store.nodes(), now)
+        if freest is not None and freest.node_id != self._node.node_id:
+            # Placement: the freest node takes it within one renew period.
             await self._save(task)
+            _log_start(task, metrics.StartKind.API)
+            return
+        slot = self._slots.take(task.key.app_id) if _due(task) else None
+        until = now + self._node.lease_ms
+        try:
+            # The lease first: no other node may take the task between its save and
+            # its run.
+            if not await self._store.claim(lease_key(task.key), self._node.node_id, now, until):
+                raise TaskAlreadyActive(str(task.key))
+            try:
+                await self._save(task)
+            except BaseException:
+                await self._store.release(lease_key(task.key), self._node.node_id)
+                raise
         except BaseException:
             if slot is not None:
                 slot.release()
             raise
-        self._spawn(task, slot)
+        self._spawn(task, slot, lease_deadline_s=self._fence_deadline(until))
         _log_start(task, metrics.StartKind.API)
 
     async def update(
@@ -134,11 +286,11 @@ class TaskSupervisor:
     async def stop(self, key: TaskKey, reason: StopReason, detail: str = "") -> RelayTask | None:
         """End an active task; None when it is unknown or already ended."""
         task = await self._transition(key, lambda t: t.stopped(reason, detail))
-        entry = self._runs.pop(key, None)
-        if entry is not None:
-            entry[1].cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await entry[1]
+        # Run here: stopped now. Run on another node: it sees the ended task within one
+        # renew period, and its workers are fenced by their lease deadline regardless.
+        if key in self._runs:
+            await self._drop_run(key)
+            await self._store.release(lease_key(key), self._node.node_id)
         if task is not None:
             _log_stop(task)
         return task
@@ -147,15 +299,26 @@ class TaskSupervisor:
         """Stop the runs without ending their tasks: they resume on the next start.
 
         The runs stop side by side, so shutting down takes one worker's stop grace,
-        not one per task."""
+        not one per task. Their leases are released: another node (or this one, when it
+        starts again) takes the tasks at once."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
         entries = list(self._runs.values())
         self._runs.clear()
         for _, handle in entries:
             handle.cancel()
         await asyncio.gather(*(handle for _, handle in entries), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._store.release_all(self._node.node_id)
 
-    def _spawn(self, task: RelayTask, slot: Slot | None = None) -> None:
+    def _spawn(
+        self, task: RelayTask, slot: Slot | None = None, *, lease_deadline_s: float | None = None
+    ) -> None:
         run = RelayRun(task, self._connector, self._policy, _Hooks(self, task.key), self._settings)
+        if lease_deadline_s is not None:
+            run.extend_lease(lease_deadline_s)
         handle = asyncio.create_task(self._supervise(run, slot), name=f"relay {task.key}")
         self._runs[task.key] = (run, handle)
 
@@ -175,7 +338,16 @@ class TaskSupervisor:
                 slot.release()
         if self._runs.get(key, (None,))[0] is run:
             del self._runs[key]
+        holder = await self._store.holder(lease_key(key), now_ms())
+        if (holder is not None and holder.node_id != self._node.node_id) or (
+            holder is None and run.lease_lapsed
+        ):
+            # The lease went while this node could not renew it: the task is not ours
+            # to end; whoever holds it (or takes it next) runs it.
+            log_event(logger, "task lease lost", task=key, node=self._node.node_id)
+            return
         ended = await self._transition(key, lambda t: t.stopped(outcome.reason, outcome.detail))
+        await self._store.release(lease_key(key), self._node.node_id)
         if ended is not None:
             _log_stop(ended)
 
