@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import IO
 
 from relaystream.media.events import (
@@ -37,13 +38,34 @@ EXIT_LEASE_EXPIRED = 3
 _LEASE_CHECK_S = 0.05
 
 
+class StdinLines:
+    """Lines of stdin read with ``os.read``: a daemon thread blocked in it holds no
+    buffered-reader lock, so the interpreter can always exit around it."""
+
+    def __init__(self, fd: int = 0) -> None:
+        self._fd = fd
+        self._pending = b""
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        while b"\n" not in self._pending:
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                raise StopIteration
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return line
+
+
 class LeaseFence:
     """Exits the process when the last lease deadline it was given passes.
 
     Commands are read on a thread of their own, and the deadline is checked on another:
     neither depends on the pipeline, nor on the node that sends the renewals."""
 
-    def __init__(self, commands: IO[bytes]) -> None:
+    def __init__(self, commands: Iterator[bytes]) -> None:
         self._commands = commands
         self._deadline_s: float | None = None
         self._lock = threading.Lock()
@@ -96,8 +118,9 @@ def main() -> int:
     # The server stops a worker with SIGTERM; exit at once without a traceback.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    spec = PipelineSpec.from_json_dict(json.loads(sys.stdin.buffer.readline()))
-    LeaseFence(sys.stdin.buffer).start()
+    stdin = StdinLines()
+    spec = PipelineSpec.from_json_dict(json.loads(next(stdin)))
+    LeaseFence(stdin).start()
     return run_worker(spec, sys.stdout.buffer)
 
 
