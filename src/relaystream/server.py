@@ -108,7 +108,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
     )
     background: list[asyncio.Task[None]] = []
     tasks = TaskService(supervisor, config.app_key_for, rooms.viewer_count)
-    whep = WhepEndpoint(rooms, config.app_key_for)
+    whep = WhepEndpoint(rooms, config.app_key_for, supervisor.owner_url)
 
     async def is_task_user(app_id: str, room_id: str, user_id: str) -> bool:
         return any(

@@ -38,6 +38,7 @@ class RelayServer:
     extra_config: str = ""
     tasks_toml: str = ""
     serve_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def config_path(self) -> Path:
@@ -91,6 +92,7 @@ class RelayServer:
             tasks_toml=self.tasks_toml,
             serve_args=self.serve_args,
             port=self.port,
+            env=dict(self.env),
         )
 
 
@@ -161,9 +163,11 @@ def start_server(
     tasks_toml: str = "",
     serve_args: tuple[str, ...] = (),
     port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> RelayServer:
     """A server on a free port (or ``port``: a restart on the same data dir and port);
-    ``serve_args`` are more options of ``relaystream serve``."""
+    ``serve_args`` are more options of ``relaystream serve``, ``env`` more environment
+    (its workers inherit it, so a test can tell whose workers are whose)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
         workdir / "relaystream.toml",
@@ -190,10 +194,17 @@ def start_server(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     server = RelayServer(
-        process, port, workdir / "data", log_path, extra_config, tasks_toml, serve_args
+        process,
+        port,
+        workdir / "data",
+        log_path,
+        extra_config,
+        tasks_toml,
+        serve_args,
+        tuple((env or {}).items()),
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -120,6 +120,18 @@ class TaskSupervisor:
         self._keeper = asyncio.create_task(self._keep_leases(), name="node leases")
         return await self._take_unleased()
 
+    async def owner_url(self, app_id: str, room_id: str, user_id: str) -> str | None:
+        """The advertised URL of the node that runs the active task publishing as
+        ``user_id`` in the room, when that node is another one."""
+        page = await self._store.query(TaskQuery(app_id, room_id=room_id, limit=100))
+        for record in page.records:
+            if record.user_id == user_id and record.status in ACTIVE_STATUSES:
+                key = TaskKey(record.app_id, record.room_id, record.task_id)
+                holder = await self._store.holder(lease_key(key), now_ms())
+                if holder is not None and holder.node_id != self._node.node_id:
+                    return holder.advertise_url
+        return None
+
     async def _keep_leases(self) -> None:
         while True:
             await asyncio.sleep(self._node.renew_s)
