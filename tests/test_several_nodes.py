@@ -14,6 +14,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -260,3 +262,83 @@ async def test_a_frozen_owner_loses_its_task_its_worker_stops_and_thawed_it_stay
     [runner] = cluster.worker_nodes()
     await call(cluster.rtc(owner), "StopRelayStream", task_key("frozen", "t"))
     await wait_until(lambda: not cluster.workers(), 10, f"the worker on {runner} stopped")
+
+
+class StatusSampler:
+    """Reads each task's status every 100 ms (through one node) on a thread."""
+
+    def __init__(self, rtc: RtcService, keys: list[tuple[str, str]]) -> None:
+        self._rtc = rtc
+        self.seen: dict[tuple[str, str], list[int]] = {key: [] for key in keys}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> StatusSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for (room, task), statuses in self.seen.items():
+                result = self._rtc.action("GetRelayStream", task_key(room, task))["Result"]
+                status = int(result["Task"]["Status"])
+                if not statuses or statuses[-1] != status:
+                    statuses.append(status)
+            self._stop.wait(0.1)
+
+
+def relaystream_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relaystream", *args], capture_output=True, text=True, timeout=90
+    )
+
+
+async def test_drain_moves_a_nodes_tasks_elsewhere_with_one_reconnect_each(
+    cluster: Cluster, clip_url: str
+) -> None:
+    rooms = ["drain-1", "drain-2", "drain-3"]
+    for room in rooms:
+        server = cluster.nodes["node-c"]
+        body = start_body(server, room, "t", clip_url)
+        assert await call(cluster.rtc("node-c"), "StartRelayStream", body) == "ok"
+        await wait_for_status(cluster.rtc("node-c"), room, "t", 2)
+    await wait_until(lambda: len(cluster.workers()) == 3, 10, "three workers")
+    target = cluster.worker_nodes()[0]
+    moving = cluster.health(target)["tasks"]
+    assert moving >= 1
+    config = str(cluster.nodes[target].config_path)
+
+    listed = relaystream_cli("nodes", "--config", config)
+    assert listed.returncode == 0, listed.stderr
+    for name in NODE_NAMES:
+        assert name in listed.stdout
+    assert cluster.nodes[target].base_url in listed.stdout
+
+    keys = [(room, "t") for room in rooms]
+    with StatusSampler(cluster.rtc("node-c"), keys) as sampler:
+        drained = relaystream_cli("drain", target, "--config", config)
+        assert drained.returncode == 0, drained.stderr
+        assert f"{target}: drained" in drained.stdout
+        await wait_until(
+            lambda: len(cluster.workers()) == 3 and target not in cluster.worker_nodes(),
+            15,
+            "the tasks running elsewhere",
+        )
+        for room in rooms:
+            await wait_for_status(cluster.rtc("node-a"), room, "t", 2, timeout_s=15)
+    histories = sorted(sampler.seen.values())
+    assert histories.count([2, 1, 2]) == moving, histories  # one reconnect each
+    assert histories.count([2]) == len(rooms) - moving, histories
+    assert cluster.health(target)["tasks"] == 0
+    listed = relaystream_cli("nodes", "--config", config)
+    assert "draining" in listed.stdout
+
+    undone = relaystream_cli("drain", target, "--undo", "--config", config)
+    assert undone.returncode == 0, undone.stderr
+    for room in rooms:
+        await call(cluster.rtc("node-a"), "StopRelayStream", task_key(room, "t"))
+    await wait_until(lambda: not cluster.workers(), 10, "all workers gone")

@@ -66,9 +66,10 @@ class LeaseStore(Protocol):
         ...
 
     async def unleased(
-        self, statuses: tuple[int, ...], now_ms: int, limit: int
+        self, statuses: tuple[int, ...], now_ms: int, limit: int, held_by: str = ""
     ) -> list[TaskRecord]:
-        """Tasks with one of ``statuses`` and no unexpired lease, oldest first."""
+        """Tasks with one of ``statuses`` and no unexpired lease (or one ``held_by``
+        that node: its own, from before a restart), oldest first."""
         ...
 
     async def set_draining(self, node_id: str, draining: bool) -> bool:
@@ -110,16 +111,19 @@ UNLEASED = (
     "SELECT t.app_id, t.room_id, t.task_id, t.user_id, t.status, t.create_time_ms,"
     " t.end_time_ms, t.version, t.document FROM relay_tasks t LEFT JOIN task_leases l"
     " ON l.app_id = t.app_id AND l.room_id = t.room_id AND l.task_id = t.task_id"
-    " WHERE t.status IN (%s, %s) AND (l.node_id IS NULL OR l.lease_until_ms < %s)"
+    " WHERE t.status IN (%s, %s)"
+    " AND (l.node_id IS NULL OR l.lease_until_ms < %s OR l.node_id = %s)"
     " ORDER BY t.create_time_ms LIMIT %s"
 )
 SET_DRAINING = "UPDATE nodes SET draining = %s WHERE node_id = %s"
 
 
-def unleased_params(statuses: tuple[int, ...], now_ms: int, limit: int) -> tuple[int, ...]:
+def unleased_params(
+    statuses: tuple[int, ...], now_ms: int, limit: int, held_by: str
+) -> tuple[int | str, ...]:
     if not 1 <= len(statuses) <= 2:
         raise ValueError("one or two statuses")
-    return (statuses[0], statuses[-1], now_ms, limit)
+    return (statuses[0], statuses[-1], now_ms, held_by, limit)
 
 
 def sqlite_sql(statement: str) -> str:

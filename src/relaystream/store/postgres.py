@@ -205,11 +205,11 @@ class PostgresTaskStore:
             return leases.to_node(row) if row else None
 
     async def unleased(
-        self, statuses: tuple[int, ...], now_ms: int, limit: int
+        self, statuses: tuple[int, ...], now_ms: int, limit: int, held_by: str = ""
     ) -> list[TaskRecord]:
         async with self._pool.connection() as conn:
             cursor = await conn.execute(
-                leases.UNLEASED, leases.unleased_params(statuses, now_ms, limit)
+                leases.UNLEASED, leases.unleased_params(statuses, now_ms, limit, held_by)
             )
             return [_to_record(row) for row in await cursor.fetchall()]
 

@@ -249,9 +249,9 @@ class SqliteTaskStore:
         return leases.to_node(row) if row else None
 
     async def unleased(
-        self, statuses: tuple[int, ...], now_ms: int, limit: int
+        self, statuses: tuple[int, ...], now_ms: int, limit: int, held_by: str = ""
     ) -> list[TaskRecord]:
-        values = leases.unleased_params(statuses, now_ms, limit)
+        values = leases.unleased_params(statuses, now_ms, limit, held_by)
         rows = await self._reader.run(
             lambda db: db.execute(sqlite_sql(leases.UNLEASED), values).fetchall()
         )

@@ -115,10 +115,12 @@ class TaskSupervisor:
 
     async def resume(self) -> int:
         """Take this node's share of the active tasks no node holds (after a restart:
-        those it ran itself, whose leases are its own), then keep leases from now on."""
+        those it ran itself, whose leases are its own), then keep leases from now on.
+        A node that starts is ready for tasks: a drain mark from before is cleared."""
+        await self._store.set_draining(self._node.node_id, False)
         await self._heartbeat()
         self._keeper = asyncio.create_task(self._keep_leases(), name="node leases")
-        return await self._take_unleased()
+        return await self._take_unleased(own=True) + await self._take_unleased()
 
     async def owner_url(self, app_id: str, room_id: str, user_id: str) -> str | None:
         """The advertised URL of the node that runs the active task publishing as
@@ -193,17 +195,19 @@ class TaskSupervisor:
             elif stored.control != run.task.control:
                 run.apply_control(stored)
 
-    async def _take_unleased(self) -> int:
-        """Take the unleased active tasks placement gives this node; how many."""
+    async def _take_unleased(self, *, own: bool = False) -> int:
+        """Take the unleased active tasks placement gives this node, or (``own``) those
+        whose leases this node held before it restarted; how many."""
         now = now_ms()
         free = capacity_of(self._slots.capacity) - len(self._runs)
         if free <= 0:
             return 0
         freest = freest_node(await self._store.nodes(), now)
-        if freest is not None and freest.node_id != self._node.node_id:
+        if not own and freest is not None and freest.node_id != self._node.node_id:
             return 0  # the freest live node takes them
+        held_by = self._node.node_id if own else ""
         taken = 0
-        for record in await self._store.unleased(ACTIVE_STATUSES, now, free):
+        for record in await self._store.unleased(ACTIVE_STATUSES, now, free, held_by):
             key = TaskKey(record.app_id, record.room_id, record.task_id)
             if key in self._runs:
                 continue
