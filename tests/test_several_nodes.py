@@ -184,10 +184,18 @@ async def test_starts_through_any_node_spread_and_viewers_reach_them_through_any
         assert cluster.worker_nodes() == sorted(NODE_NAMES), "one task on each node"
         assert sorted(cluster.health(n)["tasks"] for n in NODE_NAMES) == [1, 1, 1]
 
-        # Any node answers Get for any task.
+        # Any node answers Get for any task, with live stats (the owner's snapshot,
+        # renewed every lease round: the frame count keeps rising on every node).
         for name in NODE_NAMES:
-            task = await get_task(cluster.rtc(name), "spread-1", "t")
-            assert task["Status"] == 2
+            first = (await get_task(cluster.rtc(name), "spread-1", "t"))["Stats"]
+            deadline = time.monotonic() + 10
+            while True:
+                task = await get_task(cluster.rtc(name), "spread-1", "t")
+                if task["Stats"]["VideoFramesSent"] > first["VideoFramesSent"]:
+                    break
+                assert time.monotonic() < deadline, f"stats on {name} stand still"
+                await asyncio.sleep(0.2)
+            assert task["Status"] == 2 and task["Stats"]["Input"]
 
         # A viewer asks every node for spread-2: the owner answers, the others send it there.
         for name in NODE_NAMES:

@@ -16,8 +16,9 @@ The SQL is shared by both stores: written with ``%s`` placeholders (PostgreSQL),
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from relaystream.store import TaskRecord
 
@@ -38,6 +39,14 @@ class NodeInfo:
     running: int  # tasks it runs now
     draining: bool = False
     leases: int = 0  # task leases it holds (filled in by ``nodes()``)
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    key: TaskLeaseKey
+    node_id: str
+    written_ms: int
+    stats: dict[str, Any]
 
 
 class LeaseStore(Protocol):
@@ -75,6 +84,12 @@ class LeaseStore(Protocol):
     async def set_draining(self, node_id: str, draining: bool) -> bool:
         """Mark a node as draining (or not); False when there is no such node."""
         ...
+
+    async def put_stats(self, node_id: str, written_ms: int, stats: list[TaskStats]) -> None:
+        """Replace the stats snapshots of these tasks (one transaction)."""
+        ...
+
+    async def get_stats(self, key: TaskLeaseKey) -> TaskStats | None: ...
 
 
 HEARTBEAT = (
@@ -116,6 +131,26 @@ UNLEASED = (
     " ORDER BY t.create_time_ms LIMIT %s"
 )
 SET_DRAINING = "UPDATE nodes SET draining = %s WHERE node_id = %s"
+PUT_STATS = (
+    "INSERT INTO task_stats (app_id, room_id, task_id, node_id, written_ms, stats)"
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (app_id, room_id, task_id) DO UPDATE SET"
+    " node_id = excluded.node_id, written_ms = excluded.written_ms, stats = excluded.stats"
+)
+GET_STATS = (
+    "SELECT app_id, room_id, task_id, node_id, written_ms, stats FROM task_stats"
+    " WHERE app_id = %s AND room_id = %s AND task_id = %s"
+)
+
+
+def stats_values(node_id: str, written_ms: int, entry: TaskStats) -> tuple[Any, ...]:
+    key = entry.key
+    return (key.app_id, key.room_id, key.task_id, node_id, written_ms, json.dumps(entry.stats))
+
+
+def to_stats(row: tuple[Any, ...]) -> TaskStats:
+    app_id, room_id, task_id, node_id, written_ms, stats = row
+    key = TaskLeaseKey(str(app_id), str(room_id), str(task_id))
+    return TaskStats(key, str(node_id), int(written_ms), json.loads(stats))
 
 
 def unleased_params(

@@ -104,6 +104,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             PRIMARY KEY (app_id, room_id, task_id)
         )""",
         "CREATE INDEX task_leases_node ON task_leases (node_id, lease_until_ms)",
+        # The latest live statistics of each running task, written by its node.
+        """CREATE TABLE task_stats (
+            app_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            written_ms BIGINT NOT NULL,
+            stats TEXT NOT NULL,
+            PRIMARY KEY (app_id, room_id, task_id)
+        )""",
     ),
 )
 

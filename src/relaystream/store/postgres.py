@@ -34,7 +34,7 @@ from relaystream.store import (
     UserTaken,
     leases,
 )
-from relaystream.store.leases import NodeInfo, TaskLeaseKey
+from relaystream.store.leases import NodeInfo, TaskLeaseKey, TaskStats
 from relaystream.store.migrations import MIGRATIONS, for_postgresql
 
 # A fixed key for pg_advisory_xact_lock: "relaystream migrations".
@@ -217,6 +217,23 @@ class PostgresTaskStore:
         async with self._pool.connection() as conn:
             cursor = await conn.execute(leases.SET_DRAINING, (int(draining), node_id))
             return cursor.rowcount == 1
+
+    async def put_stats(self, node_id: str, written_ms: int, stats: list[TaskStats]) -> None:
+        if not stats:
+            return
+        rows = [leases.stats_values(node_id, written_ms, entry) for entry in stats]
+        async with (
+            self._pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor() as cursor,
+        ):
+            await cursor.executemany(leases.PUT_STATS, rows)
+
+    async def get_stats(self, key: TaskLeaseKey) -> TaskStats | None:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(leases.GET_STATS, (key.app_id, key.room_id, key.task_id))
+            row = await cursor.fetchone()
+            return leases.to_stats(row) if row else None
 
     async def close(self) -> None:
         await self._pool.close()

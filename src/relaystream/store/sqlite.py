@@ -33,7 +33,7 @@ from relaystream.store import (
     UserTaken,
     leases,
 )
-from relaystream.store.leases import NodeInfo, TaskLeaseKey, sqlite_sql
+from relaystream.store.leases import NodeInfo, TaskLeaseKey, TaskStats, sqlite_sql
 from relaystream.store.migrations import MIGRATIONS, for_sqlite
 
 # How long a writer waits for another connection's write lock before giving up.
@@ -260,6 +260,28 @@ class SqliteTaskStore:
     async def set_draining(self, node_id: str, draining: bool) -> bool:
         values = (int(draining), node_id)
         return await self._writer.run(lambda db: _write(db, leases.SET_DRAINING, values)) == 1
+
+    async def put_stats(self, node_id: str, written_ms: int, stats: list[TaskStats]) -> None:
+        rows = [leases.stats_values(node_id, written_ms, entry) for entry in stats]
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(sqlite_sql(leases.PUT_STATS), rows)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+        if rows:
+            await self._writer.run(put)
+
+    async def get_stats(self, key: TaskLeaseKey) -> TaskStats | None:
+        values = (key.app_id, key.room_id, key.task_id)
+        row = await self._reader.run(
+            lambda db: db.execute(sqlite_sql(leases.GET_STATS), values).fetchone()
+        )
+        return leases.to_stats(row) if row else None
 
     async def close(self) -> None:
         await self._reader.close()

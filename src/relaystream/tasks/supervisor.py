@@ -29,7 +29,7 @@ from relaystream import metrics
 from relaystream.logs import log_event, url_for_log
 from relaystream.rtc.publisher import RoomConnector
 from relaystream.store import StaleVersion, TaskExists, TaskQuery
-from relaystream.store.leases import NodeInfo
+from relaystream.store.leases import NodeInfo, TaskStats
 from relaystream.tasks.control import RelayControl
 from relaystream.tasks.limits import RunningSlots, Slot, TaskLimitReached
 from relaystream.tasks.model import (
@@ -49,6 +49,7 @@ from relaystream.tasks.node import (
     now_ms,
 )
 from relaystream.tasks.runner import RelayRun, RunOutcome, RunSettings, RunStats, SourcePolicy
+from relaystream.tasks.stats_snapshot import stats_from_json, stats_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,17 @@ class TaskSupervisor:
         entry = self._runs.get(key)
         return entry[0].current_stats() if entry else None
 
+    async def shared_stats(self, key: TaskKey) -> RunStats | None:
+        """Live stats: this node's run's, or the snapshot its owner left in the store."""
+        local = self.stats(key)
+        if local is not None:
+            return local
+        holder = await self._store.holder(lease_key(key), now_ms())
+        snapshot = await self._store.get_stats(lease_key(key))
+        if holder is None or snapshot is None or snapshot.node_id != holder.node_id:
+            return None
+        return stats_from_json(snapshot.stats, max(0, now_ms() - snapshot.written_ms) / 1000)
+
     def runs(self) -> list[RelayRun]:
         """The runs of this node's active tasks, for live statistics."""
         return [run for run, _ in self._runs.values()]
@@ -155,6 +167,14 @@ class TaskSupervisor:
         for run, _ in self._runs.values():
             run.extend_lease(deadline_s)
         await self._heartbeat(until)
+        await self._store.put_stats(
+            self._node.node_id,
+            now_ms(),
+            [
+                TaskStats(lease_key(key), self._node.node_id, 0, stats_to_json(run.current_stats()))
+                for key, (run, _) in self._runs.items()
+            ],
+        )
         await self._follow_store()
         if self._draining:
             await self._hand_back_all()
