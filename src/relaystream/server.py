@@ -145,7 +145,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
         )
 
     answer_parser_errors_with_envelopes(config.region)
-    actions = Actions(config, tasks, stream_urls)
+    actions = Actions(config, tasks, stream_urls, lambda: supervisor.live_nodes)
     metrics = MetricsEndpoint(
         lambda: task_samples(supervisor, rooms),
         token=config.metrics.token,

@@ -82,12 +82,18 @@ class TaskSupervisor:
         self._node = node or NodeSettings()
         self._runs: dict[TaskKey, tuple[RelayRun, asyncio.Task[None]]] = {}
         self._lease_until_ms = 0
+        self._live_nodes = 1
         self._draining = False
         self._keeper: asyncio.Task[None] | None = None
 
     @property
     def node(self) -> NodeSettings:
         return self._node
+
+    @property
+    def live_nodes(self) -> int:
+        """Nodes (this one included) whose node lease was current at the last round."""
+        return self._live_nodes
 
     @property
     def lease_until_ms(self) -> int:
@@ -190,7 +196,11 @@ class TaskSupervisor:
 
     async def _heartbeat(self, until_ms: int | None = None) -> None:
         until = until_ms if until_ms is not None else now_ms() + self._node.lease_ms
-        mine = [n for n in await self._store.nodes() if n.node_id == self._node.node_id]
+        nodes = await self._store.nodes()
+        now = now_ms()
+        others = [n for n in nodes if n.node_id != self._node.node_id and n.lease_until_ms >= now]
+        self._live_nodes = 1 + len(others)
+        mine = [n for n in nodes if n.node_id == self._node.node_id]
         self._draining = bool(mine and mine[0].draining)
         await self._store.heartbeat(
             NodeInfo(
