@@ -151,6 +151,27 @@ def _parser() -> argparse.ArgumentParser:
         "--refreshes", type=int, default=None, help="stop after N refreshes (default: never)"
     )
     nodes_cli.add_commands(commands)
+
+    callbacks = commands.add_parser(
+        "callbacks",
+        help="see and redeliver an AppId's callback events",
+        description="Pending and failed RelayStreamStateChanged events of an AppId, through "
+        "the ListCallbackDeliveries, RedeliverCallbacks and DiscardCallbacks actions. "
+        "Credentials and endpoint as for `relaystream api`.",
+    )
+    callbacks.add_argument("operation", choices=("list", "redeliver", "discard"))
+    callbacks.add_argument("--app-id", required=True)
+    callbacks.add_argument(
+        "--event-id",
+        action="append",
+        help="redeliver/discard: repeatable; default: every failed event of the AppId",
+    )
+    callbacks.add_argument(
+        "--state",
+        choices=("pending", "failed", "delivered"),
+        help="list: only these; default: pending and failed",
+    )
+    callbacks.add_argument("--limit", type=int, default=50, help="list: at most this many")
     return parser
 
 
@@ -187,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return _token(args)
     if args.command in ("nodes", "drain"):
         return nodes_cli.run(args)
+    if args.command == "callbacks":
+        return _callbacks(args)
     try:
         if args.command == "api":
             return _api(args)
@@ -215,22 +238,46 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _api(args: argparse.Namespace) -> int:
-    access_key, secret = os.environ.get("RELAYSTREAM_AK"), os.environ.get("RELAYSTREAM_SK")
-    if not access_key or not secret:
-        print("relaystream api: set RELAYSTREAM_AK and RELAYSTREAM_SK", file=sys.stderr)
-        return 2
-    endpoint = os.environ.get("RELAYSTREAM_ENDPOINT", "http://127.0.0.1:8080")
     try:
         body = json.loads(args.body)
-        result = RelayStreamClient(endpoint, access_key, secret).call(args.action, body)
     except json.JSONDecodeError as exc:
         print(f"relaystream api: the body is not valid JSON: {exc}", file=sys.stderr)
         return 2
+    return _call("api", args.action, body)
+
+
+_CALLBACK_ACTIONS = {
+    "list": "ListCallbackDeliveries",
+    "redeliver": "RedeliverCallbacks",
+    "discard": "DiscardCallbacks",
+}
+
+
+def _callbacks(args: argparse.Namespace) -> int:
+    body: dict[str, object] = {"AppId": args.app_id}
+    if args.operation == "list":
+        body["Limit"] = args.limit
+        if args.state:
+            body["State"] = args.state
+    elif args.event_id:
+        body["EventIds"] = args.event_id
+    return _call("callbacks", _CALLBACK_ACTIONS[args.operation], body)
+
+
+def _call(command: str, action: str, body: dict[str, object]) -> int:
+    """Call ``action`` with the credentials of the environment and print its Result."""
+    access_key, secret = os.environ.get("RELAYSTREAM_AK"), os.environ.get("RELAYSTREAM_SK")
+    if not access_key or not secret:
+        print(f"relaystream {command}: set RELAYSTREAM_AK and RELAYSTREAM_SK", file=sys.stderr)
+        return 2
+    endpoint = os.environ.get("RELAYSTREAM_ENDPOINT", "http://127.0.0.1:8080")
+    try:
+        result = RelayStreamClient(endpoint, access_key, secret).call(action, body)
     except RelayStreamError as exc:
         print(f"{exc.code}: {exc.message} (RequestId {exc.request_id})", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"relaystream api: cannot reach {endpoint}: {exc}", file=sys.stderr)
+        print(f"relaystream {command}: cannot reach {endpoint}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0

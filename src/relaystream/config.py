@@ -59,6 +59,21 @@ class SourcesConfig(_Strict):
         return self
 
 
+class CallbacksConfig(_Strict):
+    allow_private: bool = False  # lets callback_url reach loopback/private addresses
+    timeout_s: Annotated[float, Field(gt=0)] = 5.0  # one POST, answer included
+    # Retries back off from backoff_base_s, doubling up to backoff_cap_s, for
+    # retry_window_s after the event; then it is kept as failed.
+    backoff_base_s: Annotated[float, Field(gt=0)] = 1.0
+    backoff_cap_s: Annotated[float, Field(gt=0)] = 300.0
+    retry_window_s: Annotated[float, Field(gt=0)] = 3600.0
+    poll_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    max_in_flight: Annotated[int, Field(gt=0)] = 32
+    max_in_flight_per_app: Annotated[int, Field(gt=0)] = 4
+    # Delivered events are kept this long (operators can look them up), then purged.
+    delivered_retention_s: Annotated[float, Field(gt=0)] = 24 * 3600
+
+
 class TasksConfig(_Strict):
     lifetime_s: Annotated[int, Field(gt=0)] = 72 * 3600
     # Ended tasks are kept this long (List and Get still show them), then purged.
@@ -112,6 +127,7 @@ class Config(_Strict):
     apps: tuple[AppConfig, ...] = ()
     sources: SourcesConfig = SourcesConfig()
     tasks: TasksConfig = TasksConfig()
+    callbacks: CallbacksConfig = CallbacksConfig()
     store: StoreConfig = StoreConfig()
     node: NodeConfig = NodeConfig()
     rtc: RtcConfig = RtcConfig()
@@ -147,6 +163,10 @@ class Config(_Strict):
     def app_key_for(self, app_id: str) -> str | None:
         app = self.app(app_id)
         return app.app_key if app else None
+
+    def has_callbacks(self, app_id: str) -> bool:
+        app = self.app(app_id)
+        return app is not None and bool(app.callback_url)
 
     def max_running_for(self, app_id: str) -> int:
         app = self.app(app_id)
@@ -197,6 +217,12 @@ def demo_config(data_dir: Path) -> tuple[Config, bool]:
         "[[apps]]\n"
         f'app_id = "{app_id}"\n'
         f'app_key = "{secrets.token_hex(16)}"\n'
+        "# State callbacks: uncomment to receive RelayStreamStateChanged events.\n"
+        '# callback_url = "http://127.0.0.1:9000/relay-events"\n'
+        f'# callback_secret = "{secrets.token_urlsafe(18)}"\n\n'
+        "[callbacks]\n"
+        "# The demo's callback receiver runs on this machine.\n"
+        "allow_private = true\n"
     )
     try:
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,20 @@ DESCRIPTIONS: dict[str, str] = {
     "scheme, host and port; the path under the prefix's), e.g. a CDN on your own network.",
     "sources.hosts": 'Host names with fixed, trusted addresses (`{ name = "10.0.0.8" }`): '
     "resolved to that address and allowed whatever it is.",
+    "callbacks": "Delivery of `RelayStreamStateChanged` callbacks (at least once, each "
+    "task's events in order; on several nodes, one node sends an event at a time).",
+    "callbacks.allow_private": "Let `callback_url` reach loopback, private and link-local "
+    "addresses.",
+    "callbacks.timeout_s": "One POST, the answer included.",
+    "callbacks.backoff_base_s": "The first retry comes after about this long, each next one "
+    "after twice as long (±20 % jitter)...",
+    "callbacks.backoff_cap_s": "...up to this long.",
+    "callbacks.retry_window_s": "Retries stop this long after an event's first attempt; the "
+    "event is then kept as failed (operators can redeliver or discard it).",
+    "callbacks.poll_interval_s": "How often the outbox is scanned for due events.",
+    "callbacks.max_in_flight": "POSTs at once, all AppIds.",
+    "callbacks.max_in_flight_per_app": "POSTs at once for one AppId.",
+    "callbacks.delivered_retention_s": "Delivered events are kept this long, then purged.",
     "tasks": "Task lifetimes, retention and caps.",
     "tasks.lifetime_s": "A task ends with `Expired` this long after the later of its Start "
     "call and its `StartTimeStamp`.",

@@ -14,6 +14,10 @@ from relaystream.api.access_log import RedactingAccessLogger
 from relaystream.api.actions import Actions
 from relaystream.api.app import OpenApiEndpoint
 from relaystream.api.parser_errors import answer_parser_errors_with_envelopes
+from relaystream.callbacks.delivery import CallbackDelivery, CallbackTarget, DeliverySettings
+from relaystream.callbacks.operators import CallbackDeliveries
+from relaystream.callbacks.outbox import CallbackOutbox
+from relaystream.callbacks.sender import HttpCallbackSender
 from relaystream.config import Config
 from relaystream.logs import log_event
 from relaystream.media.source import ALLOW_PRIVATE_SETTING
@@ -27,6 +31,7 @@ from relaystream.rtc.signaling import cors
 from relaystream.rtc.whep import WhepEndpoint
 from relaystream.rtc.whip import WhipEndpoint
 from relaystream.startup import node_id, open_task_store, prepare_data_dir
+from relaystream.store import TaskStore
 from relaystream.tasks.limits import RunningSlots
 from relaystream.tasks.node import NodeSettings
 from relaystream.tasks.retention import RetentionJob
@@ -70,6 +75,41 @@ def ensure_demo_clip(data_dir: Path) -> Path:
     return clip
 
 
+def callback_delivery(
+    config: Config, store: TaskStore, outbox: CallbackOutbox
+) -> tuple[CallbackDelivery, HttpCallbackSender]:
+    """The delivery worker of the configured callbacks, and the sender it owns."""
+    settings = config.callbacks
+    sender = HttpCallbackSender(
+        allow_private=settings.allow_private,
+        timeout_s=settings.timeout_s,
+        threads=settings.max_in_flight,
+    )
+
+    def target(app_id: str) -> CallbackTarget | None:
+        app = config.app(app_id)
+        if app is None or not app.callback_url:
+            return None
+        return CallbackTarget(app.callback_url, app.callback_secret or "")
+
+    delivery = CallbackDelivery(
+        store,
+        outbox,
+        sender,
+        target,
+        DeliverySettings(
+            timeout_s=settings.timeout_s,
+            backoff_base_s=settings.backoff_base_s,
+            backoff_cap_s=settings.backoff_cap_s,
+            retry_window_s=settings.retry_window_s,
+            poll_interval_s=settings.poll_interval_s,
+            max_in_flight=settings.max_in_flight,
+            max_in_flight_per_app=settings.max_in_flight_per_app,
+        ),
+    )
+    return delivery, sender
+
+
 async def build_app(settings: ServerSettings) -> web.Application:
     config = settings.config
     use_ice_addresses(config.rtc.ice_addresses)
@@ -88,12 +128,14 @@ async def build_app(settings: ServerSettings) -> web.Application:
         setting_name=ALLOW_PRIVATE_SETTING,
     )
     slots = RunningSlots(per_node=config.tasks.max_running_per_node, per_app=config.max_running_for)
+    outbox = CallbackOutbox(config.has_callbacks)
     supervisor = TaskSupervisor(
         store,
         EmbeddedRoomConnector(rooms, config.app_key_for),
         policy,
         slots,
         RunSettings(lifetime_s=config.tasks.lifetime_s),
+        outbox,
         NodeSettings(
             node_id=config.node.id or node_id(settings.data_dir),
             advertise_url=config.node.advertise_url or settings.base_url,
@@ -101,10 +143,12 @@ async def build_app(settings: ServerSettings) -> web.Application:
             renew_s=config.node.renew_s,
         ),
     )
+    delivery, sender = callback_delivery(config, store, outbox)
     retention = RetentionJob(
         store,
         retention_s=config.tasks.retention_s,
         interval_s=config.tasks.purge_interval_s,
+        delivered_callbacks_s=config.callbacks.delivered_retention_s,
     )
     background: list[asyncio.Task[None]] = []
     tasks = TaskService(supervisor, config.app_key_for, rooms.viewer_count)
@@ -145,7 +189,13 @@ async def build_app(settings: ServerSettings) -> web.Application:
         )
 
     answer_parser_errors_with_envelopes(config.region)
-    actions = Actions(config, tasks, stream_urls, lambda: supervisor.live_nodes)
+    actions = Actions(
+        config,
+        tasks,
+        stream_urls,
+        CallbackDeliveries(store, outbox),
+        lambda: supervisor.live_nodes,
+    )
     metrics = MetricsEndpoint(
         lambda: task_samples(supervisor, rooms),
         token=config.metrics.token,
@@ -168,6 +218,8 @@ async def build_app(settings: ServerSettings) -> web.Application:
     async def on_startup(_: web.Application) -> None:
         await supervisor.resume()
         background.append(asyncio.create_task(retention.run_forever(), name="retention"))
+        # Events left undelivered by the last process (even a SIGKILLed one) go now.
+        background.append(asyncio.create_task(delivery.run_forever(), name="callbacks"))
         # What exists now (modules, the app, resumed tasks) lives as long as the server:
         # keep it out of every full collection, whose pause would otherwise grow with it
         # and land on whichever request is being answered.
@@ -185,6 +237,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
             job.cancel()
         await asyncio.gather(demo_clip_made, *background, return_exceptions=True)
         await supervisor.shutdown()
+        sender.close()
         await whip.close_all()
         await whep.close_all()
         await store.close()

@@ -6,7 +6,9 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,63 @@ def test_https_verifies_the_certificate_against_the_host_name(tmp_path: Path) ->
 class _NoDns:
     def resolve(self, host: str) -> Sequence[ResolvedAddress]:
         raise AssertionError(f"{host} must not be resolved")
+
+
+@contextmanager
+def answering_once(answer: bytes) -> Iterator[int]:
+    """A listener on 127.0.0.1 that reads one request and sends ``answer``; its port."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def serve() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(answer)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        yield listener.getsockname()[1]
+        thread.join(5)
+
+
+def test_a_post_gets_the_answers_status_and_follows_no_redirect() -> None:
+    with connection_recorder() as elsewhere:
+        moved = f"HTTP/1.1 302 Found\r\nLocation: {elsewhere.base_url}/\r\n"
+        with answering_once(moved.encode() + b"Content-Length: 0\r\n\r\n") as port:
+            client = media_test_client()
+            assert client.post(f"http://media.test:{port}/hook", b"{}", total_timeout_s=5) == 302
+        with answering_once(b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nno") as port:
+            assert client.post(f"http://media.test:{port}/hook", b"{}", total_timeout_s=5) == 500
+        with pytest.raises(AddressRefused, match="not a public address"):
+            client.post(f"{elsewhere.base_url}/hook", b"{}", total_timeout_s=5)
+    assert elsewhere.connections == 0
+
+
+def test_a_post_to_a_receiver_that_trickles_ends_at_its_deadline() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        stop = threading.Event()
+
+        def trickle() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                # A byte every 0.3 s: no single read ever times out.
+                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100:
+                    if stop.is_set():
+                        return
+                    try:
+                        connection.sendall(bytes([byte]))
+                    except OSError:
+                        return
+                    stop.wait(0.3)
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        client = media_test_client(read_timeout_s=1.0)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"no answer within 1\.5 s"):
+            client.post(f"http://media.test:{port}/hook", b"{}", total_timeout_s=1.5)
+        assert 1.4 <= time.monotonic() - started < 3.0
+        stop.set()
+        thread.join(5)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,8 @@ class RelayServer:
     tasks_toml: str = ""
     serve_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    app_toml: tuple[tuple[str, str], ...] = ()
+    callbacks_toml: str = ""
 
     @property
     def config_path(self) -> Path:
@@ -93,6 +96,8 @@ class RelayServer:
             serve_args=self.serve_args,
             port=self.port,
             env=dict(self.env),
+            app_toml=dict(self.app_toml),
+            callbacks_toml=self.callbacks_toml,
         )
 
 
@@ -108,11 +113,19 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 def write_config(
-    path: Path, *, allow_private: bool = True, extra: str = "", tasks_toml: str = ""
+    path: Path,
+    *,
+    allow_private: bool = True,
+    tasks_toml: str = "",
+    extra: str = "",
+    app_toml: Mapping[str, str] | None = None,
+    callbacks_toml: str = "",
 ) -> Path:
     """The test config; ``tasks_toml`` is the body of its [tasks] section, ``extra`` TOML
     placed right after ``[sources] allow_private`` (lines before any table header belong
-    to ``[sources]``)."""
+    to ``[sources]``), ``app_toml`` more keys of an app by AppId (``callback_url``...),
+    ``callbacks_toml`` the body of its [callbacks] section."""
+    more = app_toml or {}
     tasks_section = f"[tasks]\n{tasks_toml}" if tasks_toml else ""
     path.write_text(
         f"""
@@ -131,6 +144,7 @@ apps = ["{OTHER_APP_ID}"]
 [[apps]]
 app_id = "{APP_ID}"
 app_key = "{APP_KEY}"
+{more.get(APP_ID, "")}
 
 [[apps]]
 app_id = "{OTHER_APP_ID}"
@@ -144,12 +158,16 @@ qps_limit = {LIMITED_APP_QPS}
 [[apps]]
 app_id = "{SECOND_APP_ID}"
 app_key = "{SECOND_APP_KEY}"
+{more.get(SECOND_APP_ID, "")}
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
 {extra}
 
 {tasks_section}
+
+[callbacks]
+{callbacks_toml}
 """
     )
     return path
@@ -164,6 +182,8 @@ def start_server(
     serve_args: tuple[str, ...] = (),
     port: int | None = None,
     env: dict[str, str] | None = None,
+    app_toml: Mapping[str, str] | None = None,
+    callbacks_toml: str = "",
 ) -> RelayServer:
     """A server on a free port (or ``port``: a restart on the same data dir and port);
     ``serve_args`` are more options of ``relaystream serve``, ``env`` more environment
@@ -174,6 +194,8 @@ def start_server(
         allow_private=allow_private,
         extra=extra_config,
         tasks_toml=tasks_toml,
+        app_toml=app_toml,
+        callbacks_toml=callbacks_toml,
     )
     port = port or free_port()
     log_path = workdir / "server.log"
@@ -205,6 +227,8 @@ def start_server(
         tasks_toml,
         serve_args,
         tuple((env or {}).items()),
+        tuple((app_toml or {}).items()),
+        callbacks_toml,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

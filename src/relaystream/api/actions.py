@@ -1,4 +1,9 @@
-"""The actions: wire request in, TaskService call, wire result out."""
+"""The actions: wire request in, TaskService call, wire result out.
+
+Beyond Volcengine's, three operator actions look after the AppId's callback events:
+``ListCallbackDeliveries``, ``RedeliverCallbacks`` and ``DiscardCallbacks``. They are
+signed like the others and served only to an access key that owns the AppId.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from relaystream.api.errors import (
     task_not_found,
 )
 from relaystream.api.models import (
+    CallbackEventsRequest,
+    ListCallbackDeliveriesRequest,
     ListRelayStreamRequest,
     StartRelayStreamRequest,
     TaskKeyRequest,
@@ -26,9 +33,11 @@ from relaystream.api.models import (
 )
 from relaystream.api.ratelimit import RateLimiter
 from relaystream.api.turns import AppTurns
+from relaystream.callbacks.operators import UNDELIVERED, CallbackDeliveries
 from relaystream.config import Config
 from relaystream.media.source import SourceError, check_scheme
 from relaystream.netpolicy import AddressPolicy, AddressRefused
+from relaystream.store import CallbackRecord, CallbackState
 from relaystream.tasks.control import RelayControl
 from relaystream.tasks.limits import TaskLimitReached
 from relaystream.tasks.model import RelayTask, TaskKey
@@ -61,11 +70,13 @@ class Actions:
         config: Config,
         tasks: TaskService,
         stream_urls: AddressPolicy,
+        callbacks: CallbackDeliveries,
         live_nodes: Callable[[], int] = lambda: 1,
     ) -> None:
         self._config = config
         self._tasks = tasks
         self._stream_urls = stream_urls
+        self._callbacks = callbacks
         self._rate_limiter = RateLimiter()
         # Nodes sharing the store split each AppId's limit evenly (a per-node share: it
         # holds across nodes when a load balancer spreads the requests).
@@ -80,9 +91,12 @@ class Actions:
             "UpdateRelayStream": self.update_relay_stream,
             "GetRelayStream": self.get_relay_stream,
             "ListRelayStream": self.list_relay_stream,
+            "ListCallbackDeliveries": self.list_callback_deliveries,
+            "RedeliverCallbacks": self.redeliver_callbacks,
+            "DiscardCallbacks": self.discard_callbacks,
         }
 
-    read_only_actions = frozenset({"GetRelayStream", "ListRelayStream"})
+    read_only_actions = frozenset({"GetRelayStream", "ListRelayStream", "ListCallbackDeliveries"})
 
     def _authorize_app(self, caller: Caller, app_id: str) -> None:
         app = self._config.app(app_id)
@@ -163,6 +177,42 @@ class Actions:
             "Total": found.total,
             "Tasks": [task_to_wire(TaskView(task, stats=None)) for task in found.tasks],
         }
+
+    async def list_callback_deliveries(
+        self, caller: Caller, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        request = parse(ListCallbackDeliveriesRequest, body)
+        self._authorize_app(caller, request.AppId)
+        states = (CallbackState(request.State),) if request.State else UNDELIVERED
+        records = await self._callbacks.list(request.AppId, states, request.Limit)
+        return {"Deliveries": [delivery_to_wire(record) for record in records]}
+
+    async def redeliver_callbacks(self, caller: Caller, body: dict[str, Any]) -> dict[str, int]:
+        request = parse(CallbackEventsRequest, body)
+        self._authorize_app(caller, request.AppId)
+        return {"Redelivered": await self._callbacks.redeliver(request.AppId, request.EventIds)}
+
+    async def discard_callbacks(self, caller: Caller, body: dict[str, Any]) -> dict[str, int]:
+        request = parse(CallbackEventsRequest, body)
+        self._authorize_app(caller, request.AppId)
+        return {"Discarded": await self._callbacks.discard(request.AppId, request.EventIds)}
+
+
+def delivery_to_wire(record: CallbackRecord) -> dict[str, Any]:
+    """One callback event as operators see it (the body as sent, without signature)."""
+    return {
+        "EventId": record.event_id,
+        "RoomId": record.room_id,
+        "TaskId": record.task_id,
+        "Sequence": record.seq,
+        "State": record.state.value,
+        "Attempts": record.attempts,
+        "NextAttemptTime": record.next_attempt_ms if record.state is CallbackState.PENDING else 0,
+        "LastError": record.last_error,
+        "CreateTime": record.created_ms,
+        "DeliveredTime": record.delivered_ms,
+        "EventData": record.body.get("EventData", ""),
+    }
 
 
 def check_stream_url(url: str, policy: AddressPolicy) -> None:

@@ -98,6 +98,22 @@ class ListRelayStreamRequest(_Body):
     Order: Annotated[int, Field(ge=0, le=1)] = 0  # 0 newest first, 1 oldest first
 
 
+class ListCallbackDeliveriesRequest(_Body):
+    """An AppId's callback events; by default those not delivered (pending, failed)."""
+
+    AppId: Id
+    State: Literal["pending", "failed", "delivered"] | None = None  # None: pending + failed
+    Limit: Annotated[int, Field(ge=1, le=100)] = 50
+
+
+class CallbackEventsRequest(_Body):
+    """RedeliverCallbacks and DiscardCallbacks: the AppId's failed events, or the ones
+    named (at most 100)."""
+
+    AppId: Id
+    EventIds: Annotated[list[Id] | None, Field(min_length=1, max_length=100)] = None
+
+
 class QueryParams(dict[str, str]):
     """Parameters of a GET, all strings: numbers arrive as decimal text."""
 

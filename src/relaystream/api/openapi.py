@@ -20,6 +20,8 @@ from relaystream.api.actions import ALREADY_STARTED
 from relaystream.api.envelope import API_VERSION, SERVICE_NAME
 from relaystream.api.errors import ALL_ERROR_KINDS
 from relaystream.api.models import (
+    CallbackEventsRequest,
+    ListCallbackDeliveriesRequest,
     ListRelayStreamRequest,
     StartRelayStreamRequest,
     TaskKeyRequest,
@@ -87,6 +89,37 @@ ACTIONS: tuple[ActionDoc, ...] = (
         },
         readable_with_get=True,
     ),
+    ActionDoc(
+        "ListCallbackDeliveries",
+        "Operators: the AppId's callback events, by default those pending or failed.",
+        ListCallbackDeliveriesRequest,
+        {
+            "type": "object",
+            "properties": {"Deliveries": {"type": "array", "items": _ref("Delivery")}},
+            "required": ["Deliveries"],
+        },
+        readable_with_get=True,
+    ),
+    ActionDoc(
+        "RedeliverCallbacks",
+        "Operators: send the AppId's failed callback events (or those named) again.",
+        CallbackEventsRequest,
+        {
+            "type": "object",
+            "properties": {"Redelivered": {"type": "integer", "minimum": 0}},
+            "required": ["Redelivered"],
+        },
+    ),
+    ActionDoc(
+        "DiscardCallbacks",
+        "Operators: delete the AppId's failed callback events (or those named).",
+        CallbackEventsRequest,
+        {
+            "type": "object",
+            "properties": {"Discarded": {"type": "integer", "minimum": 0}},
+            "required": ["Discarded"],
+        },
+    ),
 )
 
 # Which codes each HTTP status carries, from the one error table.
@@ -129,6 +162,25 @@ _TASK: dict[str, Any] = {
         },
     },
     "required": ["AppId", "RoomId", "TaskId", "UserId", "Status", "StreamUrl"],
+}
+
+_DELIVERY: dict[str, Any] = {
+    "type": "object",
+    "description": "One RelayStreamStateChanged event in the callback outbox.",
+    "properties": {
+        "EventId": {"type": "string"},
+        "RoomId": {"type": "string"},
+        "TaskId": {"type": "string"},
+        "Sequence": {"type": "integer", "description": "the event's rank among its task's"},
+        "State": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+        "Attempts": {"type": "integer", "minimum": 0},
+        "NextAttemptTime": {"type": "integer", "description": "unix ms; 0 unless pending"},
+        "LastError": {"type": "string"},
+        "CreateTime": {"type": "integer", "description": "unix ms"},
+        "DeliveredTime": {"type": "integer", "description": "unix ms, 0 until delivered"},
+        "EventData": {"type": "string", "description": "as sent to the callback URL"},
+    },
+    "required": ["EventId", "RoomId", "TaskId", "State", "Attempts", "LastError"],
 }
 
 _METADATA: dict[str, Any] = {
@@ -181,6 +233,7 @@ def openapi_document() -> dict[str, Any]:
             "ResponseMetadata": _METADATA,
             "ErrorEnvelope": _ERROR_ENVELOPE,
             "Task": _TASK,
+            "Delivery": _DELIVERY,
         }
     )
     paths: dict[str, Any] = {}

@@ -7,6 +7,9 @@ the URL's host name, and https certificates are verified against it (the system 
 bundle). Each socket read has a timeout; redirects are limited; a playlist or manifest
 is limited in size, a media body is not (a live stream never ends).
 
+``post`` sends one small body (a callback) under a total deadline and follows no
+redirect: a receiver answers where it was asked.
+
 An ``HttpBody`` is a blocking, file-like reader meant for a worker thread (PyAV reads
 it from FFmpeg's I/O callbacks). A seekable body seeks with a new ``Range`` request, so
 an MP4 whose index sits at the end still opens, and a VOD body whose connection drops
@@ -15,12 +18,14 @@ resumes where it was.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import logging
 import os
 import socket
 import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -32,6 +37,8 @@ logger = logging.getLogger(__name__)
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # Debian's ca-certificates
 MAX_REDIRECTS = 5
 MAX_MANIFEST_BYTES = 4 << 20
+# What is read of a POST's answer: its status matters, its body does not.
+_MAX_POST_ANSWER_BYTES = 64 << 10
 # A forward seek shorter than this reads through instead of opening a new request.
 _SKIP_BY_READING_BYTES = 256 << 10
 _MAX_RESUMES = 3
@@ -78,17 +85,17 @@ class _PinnedConnection(http.client.HTTPConnection):
         self, destination: Destination, limits: HttpLimits, tls: ssl.SSLContext | None
     ) -> None:
         super().__init__(destination.host, destination.port, timeout=limits.read_timeout_s)
-        self._destination = destination
+        self.destination = destination
         self._limits = limits
         self._tls = tls
         # Host header without ":443" for https, as browsers and FFmpeg send it.
         self.default_port = 443 if tls is not None else 80
 
     def connect(self) -> None:
-        sock = _connect_any(self._destination, self._limits)
+        sock = _connect_any(self.destination, self._limits)
         if self._tls is not None:
             try:
-                sock = self._tls.wrap_socket(sock, server_hostname=self._destination.host)
+                sock = self._tls.wrap_socket(sock, server_hostname=self.destination.host)
             except BaseException:
                 sock.close()
                 raise
@@ -154,27 +161,75 @@ class CheckedHttpClient:
             return response, connection, url
         raise FetchError(f"more than {self.limits.max_redirects} redirects")
 
-    def _request(
-        self, url: str, offset: int
-    ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
+    def post(
+        self,
+        url: str,
+        body: bytes,
+        *,
+        content_type: str = "application/json",
+        total_timeout_s: float,
+    ) -> int:
+        """POST ``body`` to ``url`` and return the answer's status (any status: the
+        caller decides what a 3xx, 4xx or 5xx means). A receiver that has not answered
+        within ``total_timeout_s``, even one that trickles bytes, gets its connection
+        shut: the call raises ``TimeoutError``."""
+        connection = self._connection(url)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            sock = connection.sock
+            if sock is not None:
+                # Wakes the thread blocked in recv (a close alone would not).
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(total_timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+        headers = {**self._headers, "Content-Type": content_type}
+        try:
+            connection.request("POST", _target(connection.destination), body, headers)
+            response = connection.getresponse()
+            response.read(_MAX_POST_ANSWER_BYTES)
+            return response.status
+        except (OSError, http.client.HTTPException) as exc:
+            if expired.is_set():
+                raise TimeoutError(f"no answer within {total_timeout_s:g} s") from None
+            if isinstance(exc, OSError):
+                raise
+            raise FetchError(f"not an HTTP answer ({type(exc).__name__})") from None
+        finally:
+            timer.cancel()
+            connection.close()
+
+    def _connection(self, url: str) -> _PinnedConnection:
         destination = self.policy.destination(url)
         if destination.scheme not in {"http", "https"}:
             raise AddressRefused(f"{destination.scheme}: is not an HTTP URL")
         tls = None
         if destination.scheme == "https":
             self._tls = tls = self._tls or default_tls_context()
-        connection = _PinnedConnection(destination, self.limits, tls)
-        parts = destination.parts
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return _PinnedConnection(destination, self.limits, tls)
+
+    def _request(
+        self, url: str, offset: int
+    ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
+        connection = self._connection(url)
         headers = dict(self._headers)
         if offset:
             headers["Range"] = f"bytes={offset}-"
         try:
-            connection.request("GET", target, headers=headers)
+            connection.request("GET", _target(connection.destination), headers=headers)
             return connection.getresponse(), connection
         except BaseException:
             connection.close()
             raise
+
+
+def _target(destination: Destination) -> str:
+    parts = destination.parts
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def _is_manifest(url: str, content_type: str) -> bool:

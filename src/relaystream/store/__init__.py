@@ -5,8 +5,9 @@ document it does not interpret, so the task model can grow without schema change
 
 Several nodes may share one store, so nothing here trusts what a caller read earlier:
 every change is a compare-and-set on the record's ``version``, made inside a
-``TaskTransaction`` (the unit of work that will also carry the callback outbox row of
-the same state change). A writer whose version is stale loses with ``StaleVersion`` and
+``TaskTransaction``, the unit of work that also carries the callback outbox record of
+the same state change (no visible change without its event, no event without its
+change). A writer whose version is stale loses with ``StaleVersion`` and
 reads again.
 
     StoreConflict
@@ -17,8 +18,10 @@ reads again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any, Protocol
 
 # Status numbers are Volcengine's (1 starting, 2 running, 3 ended). The store needs to
@@ -60,6 +63,38 @@ class TaskPage:
     records: list[TaskRecord]
 
 
+class CallbackState(StrEnum):
+    PENDING = "pending"  # to be sent (again) at ``next_attempt_ms``
+    DELIVERED = "delivered"  # a receiver answered 2xx; purged after a while
+    FAILED = "failed"  # the retry window is over; kept until redelivered or discarded
+
+
+@dataclass(frozen=True)
+class CallbackRecord:
+    """One state-change event of a task, as the outbox keeps it.
+
+    ``body`` is the event without its signature: it is signed when sent, with the
+    secret configured then, so no secret is ever stored. ``seq`` orders one task's
+    events; the store sets it when the record is committed. The retry window runs from
+    ``window_start_ms``, the first attempt (0 until then): an event held back behind an
+    earlier one of its task loses none of its window.
+    """
+
+    event_id: str
+    app_id: str
+    room_id: str
+    task_id: str
+    body: dict[str, Any]
+    created_ms: int
+    state: CallbackState = CallbackState.PENDING
+    seq: int = 0
+    attempts: int = 0
+    next_attempt_ms: int = 0
+    last_error: str = ""
+    delivered_ms: int = 0
+    window_start_ms: int = 0
+
+
 class StoreConflict(Exception):
     """A write that the stored state refuses; the caller reads again and decides."""
 
@@ -95,6 +130,11 @@ class TaskTransaction(Protocol):
         the next version; ``StaleVersion`` if it is not, ``UserTaken`` as for insert."""
         ...
 
+    async def add_callback(self, record: CallbackRecord) -> None:
+        """Queue a callback event; it is stored (with the next ``seq`` of its task) only
+        if the unit commits."""
+        ...
+
 
 class TaskStore(Protocol):
     """Where tasks live; every state change is saved here before it is acted on."""
@@ -110,7 +150,50 @@ class TaskStore(Protocol):
     async def query(self, query: TaskQuery) -> TaskPage: ...
 
     async def purge_ended(self, ended_before_ms: int) -> int:
-        """Delete tasks that ended before ``ended_before_ms``; how many went."""
+        """Delete tasks that ended before ``ended_before_ms`` and have no callback event
+        pending or failed; how many went."""
+        ...
+
+    # The callback outbox (see ``relaystream.callbacks``).
+
+    async def due_callbacks(
+        self, now_ms: int, limit: int, skip_apps: Sequence[str] = ()
+    ) -> list[CallbackRecord]:
+        """Pending events due by ``now_ms`` that no earlier undelivered (pending or
+        failed) event of the same task holds back, oldest due first; none of the
+        ``skip_apps``."""
+        ...
+
+    async def lease_callback(self, event_id: str, now_ms: int, until_ms: int) -> bool:
+        """Take a pending event due by ``now_ms`` for sending: nobody else picks it before
+        ``until_ms`` (a crashed sender's event is due again then). False if it is no
+        longer pending and due (another sender took it)."""
+        ...
+
+    async def settle_callback(self, record: CallbackRecord) -> None:
+        """Store the outcome of a send: ``state``, ``attempts``, ``next_attempt_ms``,
+        ``last_error``, ``delivered_ms``, ``window_start_ms`` of ``record``."""
+        ...
+
+    async def list_callbacks(
+        self, app_id: str, states: Sequence[CallbackState], limit: int
+    ) -> list[CallbackRecord]:
+        """An AppId's events in those states, oldest first."""
+        ...
+
+    async def redeliver_callbacks(
+        self, app_id: str, event_ids: Sequence[str] | None, now_ms: int
+    ) -> int:
+        """Make failed events (all of the AppId's, or those named) pending again, due now,
+        with a new retry window from their next attempt; how many."""
+        ...
+
+    async def discard_callbacks(self, app_id: str, event_ids: Sequence[str] | None) -> int:
+        """Delete failed events (all of the AppId's, or those named); how many."""
+        ...
+
+    async def purge_delivered_callbacks(self, delivered_before_ms: int) -> int:
+        """Delete events delivered before ``delivered_before_ms``; how many."""
         ...
 
     async def close(self) -> None: ...

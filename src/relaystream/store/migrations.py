@@ -84,7 +84,35 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "DROP INDEX IF EXISTS relay_tasks_status",
         "CREATE INDEX relay_tasks_status_end ON relay_tasks (status, end_time_ms)",
     ),
-    # 3: several nodes on one database: the nodes that are up, and which node runs
+    # 3: the callback outbox. A record is written in the same transaction as the task
+    # change it reports; ``seq`` orders one task's events (max + 1 of the task, safe
+    # because that transaction also compare-and-sets the task's row); the body is stored
+    # unsigned. ``window_start_ms`` is the first attempt (0 before it; a redelivery
+    # sets it back to 0). Times are BIGINT: unix milliseconds overflow PostgreSQL's
+    # 32-bit INTEGER.
+    (
+        """CREATE TABLE callback_events (
+            event_id TEXT PRIMARY KEY,
+            app_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_ms BIGINT NOT NULL,
+            last_error TEXT NOT NULL DEFAULT '',
+            created_ms BIGINT NOT NULL,
+            delivered_ms BIGINT NOT NULL DEFAULT 0,
+            window_start_ms BIGINT NOT NULL DEFAULT 0,
+            UNIQUE (app_id, room_id, task_id, seq)
+        )""",
+        # The delivery worker's scan: pending events by due time.
+        "CREATE INDEX callback_events_due ON callback_events (state, next_attempt_ms)",
+        # Operators list an AppId's events by state; the purge finds delivered ones.
+        "CREATE INDEX callback_events_app ON callback_events (app_id, state, created_ms)",
+    ),
+    # 4: several nodes on one database: the nodes that are up, and which node runs
     # each active task until when (a lease it renews; an expired one may be taken).
     (
         """CREATE TABLE nodes (

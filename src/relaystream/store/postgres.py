@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -25,6 +25,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from relaystream.store import (
     ENDED_STATUS,
+    CallbackRecord,
+    CallbackState,
     StaleVersion,
     TaskExists,
     TaskPage,
@@ -65,10 +67,61 @@ _COUNT_APP = "SELECT count(*) FROM relay_tasks WHERE app_id = %s"
 _COUNT_ROOM = "SELECT count(*) FROM relay_tasks WHERE app_id = %s AND room_id = %s"
 _PAGE_APP = _SELECT + " WHERE app_id = %s"
 _PAGE_ROOM = _SELECT + " WHERE app_id = %s AND room_id = %s"
+# A task with a callback event still pending or failed is kept (SPEC §3 Retention).
 _PURGE = (
     "DELETE FROM relay_tasks WHERE (app_id, room_id, task_id) IN"
-    " (SELECT app_id, room_id, task_id FROM relay_tasks"
-    " WHERE status = %s AND end_time_ms < %s LIMIT %s)"
+    " (SELECT app_id, room_id, task_id FROM relay_tasks t"
+    " WHERE status = %s AND end_time_ms < %s AND NOT EXISTS (SELECT 1 FROM callback_events c"
+    " WHERE c.app_id = t.app_id AND c.room_id = t.room_id AND c.task_id = t.task_id"
+    " AND c.state <> 'delivered') LIMIT %s)"
+)
+
+# The callback outbox: the same rules as the SQLite store's (see there). A unit of
+# work writes its events last, after its compare-and-set updates: the task's row lock
+# it then holds makes "max(seq) + 1" safe against another node's unit on the same task.
+_SELECT_CALLBACK = (
+    "SELECT event_id, app_id, room_id, task_id, seq, body, state, attempts, next_attempt_ms,"
+    " last_error, created_ms, delivered_ms, window_start_ms FROM callback_events"
+)
+_INSERT_CALLBACK = (
+    "INSERT INTO callback_events (event_id, app_id, room_id, task_id, seq, body, state,"
+    " attempts, next_attempt_ms, last_error, created_ms, delivered_ms, window_start_ms)"
+    " SELECT %s, %s, %s, %s, coalesce(max(seq), 0) + 1, %s, %s, %s, %s, %s, %s, %s, %s"
+    " FROM callback_events WHERE app_id = %s AND room_id = %s AND task_id = %s"
+)
+_DUE_CALLBACKS = (
+    "SELECT event_id, app_id, room_id, task_id, seq, body, state, attempts, next_attempt_ms,"
+    " last_error, created_ms, delivered_ms, window_start_ms FROM callback_events c"
+    " WHERE state = 'pending' AND next_attempt_ms <= %s AND NOT (app_id = ANY(%s))"
+    " AND NOT EXISTS (SELECT 1 FROM callback_events p WHERE p.app_id = c.app_id"
+    " AND p.room_id = c.room_id AND p.task_id = c.task_id AND p.seq < c.seq"
+    " AND p.state <> 'delivered')"
+    " ORDER BY next_attempt_ms, created_ms LIMIT %s"
+)
+# The claim that keeps two nodes from sending one event at once: a conditional update
+# that only one of them can win (the loser waits for the row lock, then finds the event
+# no longer due). Until ``until_ms`` the event is the winner's; a sender that dies
+# leaves it due again then, so delivery stays at least once.
+_LEASE_CALLBACK = (
+    "UPDATE callback_events SET next_attempt_ms = %s"
+    " WHERE event_id = %s AND state = 'pending' AND next_attempt_ms <= %s"
+)
+_SETTLE_CALLBACK = (
+    "UPDATE callback_events SET state = %s, attempts = %s, next_attempt_ms = %s,"
+    " last_error = %s, delivered_ms = %s, window_start_ms = %s WHERE event_id = %s"
+)
+_LIST_CALLBACKS = (
+    _SELECT_CALLBACK + " WHERE app_id = %s AND state = ANY(%s) ORDER BY created_ms, seq LIMIT %s"
+)
+_REDELIVER_CALLBACKS = (
+    "UPDATE callback_events SET state = 'pending', next_attempt_ms = %s, window_start_ms = 0,"
+    " last_error = '' WHERE app_id = %s AND state = 'failed'"
+)
+_DISCARD_CALLBACKS = "DELETE FROM callback_events WHERE app_id = %s AND state = 'failed'"
+_ONLY_EVENTS = " AND event_id = ANY(%s)"
+_PURGE_DELIVERED = (
+    "DELETE FROM callback_events WHERE event_id IN (SELECT event_id FROM callback_events"
+    " WHERE state = 'delivered' AND delivered_ms < %s LIMIT %s)"
 )
 
 
@@ -115,7 +168,11 @@ class PostgresTaskStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TaskTransaction]:
         async with self._pool.connection() as conn, conn.transaction():
-            yield _PostgresTransaction(conn)
+            unit = _PostgresTransaction(conn)
+            yield unit
+            # Reached only when the block did not raise: its events, then the commit.
+            for record in unit.callbacks:
+                await conn.execute(_INSERT_CALLBACK, _callback_values(record))
 
     async def list_with_status(self, statuses: tuple[int, ...]) -> list[TaskRecord]:
         async with self._pool.connection() as conn:
@@ -141,14 +198,71 @@ class PostgresTaskStore:
         return TaskPage(total=total, records=[_to_record(row) for row in rows])
 
     async def purge_ended(self, ended_before_ms: int) -> int:
+        return await self._purge(_PURGE, (ENDED_STATUS, ended_before_ms, _PURGE_BATCH))
+
+    async def _purge(self, statement: str, params: tuple[Any, ...]) -> int:
         purged = 0
         async with self._pool.connection() as conn:
             while True:
                 # Each batch commits on its own (autocommit): no long-held row locks.
-                cursor = await conn.execute(_PURGE, (ENDED_STATUS, ended_before_ms, _PURGE_BATCH))
+                cursor = await conn.execute(statement, params)
                 purged += cursor.rowcount
                 if cursor.rowcount < _PURGE_BATCH:
                     return purged
+
+    async def due_callbacks(
+        self, now_ms: int, limit: int, skip_apps: Sequence[str] = ()
+    ) -> list[CallbackRecord]:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(_DUE_CALLBACKS, (now_ms, list(skip_apps), limit))
+            return [_to_callback(row) for row in await cursor.fetchall()]
+
+    async def lease_callback(self, event_id: str, now_ms: int, until_ms: int) -> bool:
+        return await self._write(_LEASE_CALLBACK, (until_ms, event_id, now_ms)) == 1
+
+    async def settle_callback(self, record: CallbackRecord) -> None:
+        await self._write(
+            _SETTLE_CALLBACK,
+            (
+                record.state.value,
+                record.attempts,
+                record.next_attempt_ms,
+                record.last_error,
+                record.delivered_ms,
+                record.window_start_ms,
+                record.event_id,
+            ),
+        )
+
+    async def list_callbacks(
+        self, app_id: str, states: Sequence[CallbackState], limit: int
+    ) -> list[CallbackRecord]:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                _LIST_CALLBACKS, (app_id, [state.value for state in states], limit)
+            )
+            return [_to_callback(row) for row in await cursor.fetchall()]
+
+    async def redeliver_callbacks(
+        self, app_id: str, event_ids: Sequence[str] | None, now_ms: int
+    ) -> int:
+        if event_ids is None:
+            return await self._write(_REDELIVER_CALLBACKS, (now_ms, app_id))
+        return await self._write(
+            _REDELIVER_CALLBACKS + _ONLY_EVENTS, (now_ms, app_id, list(event_ids))
+        )
+
+    async def discard_callbacks(self, app_id: str, event_ids: Sequence[str] | None) -> int:
+        if event_ids is None:
+            return await self._write(_DISCARD_CALLBACKS, (app_id,))
+        return await self._write(_DISCARD_CALLBACKS + _ONLY_EVENTS, (app_id, list(event_ids)))
+
+    async def purge_delivered_callbacks(self, delivered_before_ms: int) -> int:
+        return await self._purge(_PURGE_DELIVERED, (delivered_before_ms, _PURGE_BATCH))
+
+    async def _write(self, statement: str, params: tuple[Any, ...]) -> int:
+        async with self._pool.connection() as conn:
+            return int((await conn.execute(statement, params)).rowcount)
 
     async def schema_version(self) -> int:
         async with self._pool.connection() as conn:
@@ -244,6 +358,10 @@ class _PostgresTransaction:
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
+        self.callbacks: list[CallbackRecord] = []
+
+    async def add_callback(self, record: CallbackRecord) -> None:
+        self.callbacks.append(record)
 
     async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
         return await _get(self._conn, app_id, room_id, task_id)
@@ -328,6 +446,44 @@ def _values(record: TaskRecord) -> tuple[Any, ...]:
         record.end_time_ms,
         record.version,
         json.dumps(record.document),
+    )
+
+
+def _callback_values(record: CallbackRecord) -> tuple[Any, ...]:
+    return (
+        record.event_id,
+        record.app_id,
+        record.room_id,
+        record.task_id,
+        json.dumps(record.body),
+        record.state.value,
+        record.attempts,
+        record.next_attempt_ms,
+        record.last_error,
+        record.created_ms,
+        record.delivered_ms,
+        record.window_start_ms,
+        record.app_id,
+        record.room_id,
+        record.task_id,
+    )
+
+
+def _to_callback(row: tuple[Any, ...]) -> CallbackRecord:
+    return CallbackRecord(
+        event_id=str(row[0]),
+        app_id=str(row[1]),
+        room_id=str(row[2]),
+        task_id=str(row[3]),
+        seq=int(row[4]),
+        body=json.loads(row[5]),
+        state=CallbackState(row[6]),
+        attempts=int(row[7]),
+        next_attempt_ms=int(row[8]),
+        last_error=str(row[9]),
+        created_ms=int(row[10]),
+        delivered_ms=int(row[11]),
+        window_start_ms=int(row[12]),
     )
 
 

@@ -15,7 +15,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 from relaystream.store import (
     ENDED_STATUS,
+    CallbackRecord,
+    CallbackState,
     StaleVersion,
     TaskExists,
     TaskPage,
@@ -61,9 +63,53 @@ _COUNT_APP = "SELECT count(*) FROM relay_tasks WHERE app_id = ?"
 _COUNT_ROOM = "SELECT count(*) FROM relay_tasks WHERE app_id = ? AND room_id = ?"
 _PAGE_APP = _SELECT + " WHERE app_id = ?"
 _PAGE_ROOM = _SELECT + " WHERE app_id = ? AND room_id = ?"
+# A task with a callback event still pending or failed is kept (SPEC §3 Retention).
 _PURGE = (
-    "DELETE FROM relay_tasks WHERE rowid IN (SELECT rowid FROM relay_tasks"
-    " WHERE status = ? AND end_time_ms < ? LIMIT ?)"
+    "DELETE FROM relay_tasks WHERE rowid IN (SELECT rowid FROM relay_tasks t"
+    " WHERE status = ? AND end_time_ms < ? AND NOT EXISTS (SELECT 1 FROM callback_events c"
+    " WHERE c.app_id = t.app_id AND c.room_id = t.room_id AND c.task_id = t.task_id"
+    " AND c.state <> 'delivered') LIMIT ?)"
+)
+
+_SELECT_CALLBACK = (
+    "SELECT event_id, app_id, room_id, task_id, seq, body, state, attempts, next_attempt_ms,"
+    " last_error, created_ms, delivered_ms, window_start_ms FROM callback_events"
+)
+# The next seq of the task is read in the same write transaction that inserts it.
+_INSERT_CALLBACK = (
+    "INSERT INTO callback_events (event_id, app_id, room_id, task_id, seq, body, state,"
+    " attempts, next_attempt_ms, last_error, created_ms, delivered_ms, window_start_ms)"
+    " SELECT ?, ?, ?, ?, coalesce(max(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?"
+    " FROM callback_events WHERE app_id = ? AND room_id = ? AND task_id = ?"
+)
+# Pending and due, with no earlier undelivered event of its task (being sent, waiting
+# for its retry, or failed and waiting for an operator): one task's events go out one
+# at a time, in order, and never past one that failed.
+_DUE_CALLBACKS = (
+    "SELECT event_id, app_id, room_id, task_id, seq, body, state, attempts, next_attempt_ms,"
+    " last_error, created_ms, delivered_ms, window_start_ms FROM callback_events c"
+    " WHERE state = 'pending' AND next_attempt_ms <= ?"
+    " AND NOT EXISTS (SELECT 1 FROM callback_events p WHERE p.app_id = c.app_id"
+    " AND p.room_id = c.room_id AND p.task_id = c.task_id AND p.seq < c.seq"
+    " AND p.state <> 'delivered')"
+)
+_LEASE_CALLBACK = (
+    "UPDATE callback_events SET next_attempt_ms = ?"
+    " WHERE event_id = ? AND state = 'pending' AND next_attempt_ms <= ?"
+)
+_SETTLE_CALLBACK = (
+    "UPDATE callback_events SET state = ?, attempts = ?, next_attempt_ms = ?, last_error = ?,"
+    " delivered_ms = ?, window_start_ms = ? WHERE event_id = ?"
+)
+_LIST_CALLBACKS = _SELECT_CALLBACK + " WHERE app_id = ?"
+_REDELIVER_CALLBACKS = (
+    "UPDATE callback_events SET state = 'pending', next_attempt_ms = ?, window_start_ms = 0,"
+    " last_error = '' WHERE app_id = ? AND state = 'failed'"
+)
+_DISCARD_CALLBACKS = "DELETE FROM callback_events WHERE app_id = ? AND state = 'failed'"
+_PURGE_DELIVERED = (
+    "DELETE FROM callback_events WHERE rowid IN (SELECT rowid FROM callback_events"
+    " WHERE state = 'delivered' AND delivered_ms < ? LIMIT ?)"
 )
 
 T = TypeVar("T")
@@ -111,6 +157,9 @@ class _Insert:
 @dataclass(frozen=True)
 class _Update:
     record: TaskRecord  # as it was read: the version to compare and set
+
+
+_Write = _Insert | _Update | CallbackRecord
 
 
 class SqliteTaskStore:
@@ -175,22 +224,65 @@ class SqliteTaskStore:
         return TaskPage(total=total, records=[_to_record(row) for row in rows])
 
     async def purge_ended(self, ended_before_ms: int) -> int:
-        def purge_batch(db: sqlite3.Connection) -> int:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                deleted = db.execute(_PURGE, (ENDED_STATUS, ended_before_ms, _PURGE_BATCH)).rowcount
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return int(deleted)
+        return await self._purge(_PURGE, (ENDED_STATUS, ended_before_ms, _PURGE_BATCH))
 
+    async def _purge(self, statement: str, params: tuple[Any, ...]) -> int:
         purged = 0
         while True:
-            deleted = await self._writer.run(purge_batch)
+            deleted = await self._writer.run(lambda db: _write_once(db, statement, params))
             purged += deleted
             if deleted < _PURGE_BATCH:
                 return purged
+
+    async def due_callbacks(
+        self, now_ms: int, limit: int, skip_apps: Sequence[str] = ()
+    ) -> list[CallbackRecord]:
+        query, params = _DUE_CALLBACKS, list[object]([now_ms])
+        if skip_apps:
+            # Only '?' placeholders are interpolated; the values are bound.
+            query += f" AND app_id NOT IN ({','.join('?' * len(skip_apps))})"
+            params.extend(skip_apps)
+        query += " ORDER BY next_attempt_ms, created_ms LIMIT ?"
+        rows = await self._reader.run(lambda db: db.execute(query, [*params, limit]).fetchall())
+        return [_to_callback(row) for row in rows]
+
+    async def lease_callback(self, event_id: str, now_ms: int, until_ms: int) -> bool:
+        params = (until_ms, event_id, now_ms)
+        return await self._writer.run(lambda db: _write_once(db, _LEASE_CALLBACK, params)) == 1
+
+    async def settle_callback(self, record: CallbackRecord) -> None:
+        params = (
+            record.state.value,
+            record.attempts,
+            record.next_attempt_ms,
+            record.last_error,
+            record.delivered_ms,
+            record.window_start_ms,
+            record.event_id,
+        )
+        await self._writer.run(lambda db: _write_once(db, _SETTLE_CALLBACK, params))
+
+    async def list_callbacks(
+        self, app_id: str, states: Sequence[CallbackState], limit: int
+    ) -> list[CallbackRecord]:
+        query = _LIST_CALLBACKS + f" AND state IN ({','.join('?' * len(states))})"
+        query += " ORDER BY created_ms, seq LIMIT ?"
+        params = [app_id, *(state.value for state in states), limit]
+        rows = await self._reader.run(lambda db: db.execute(query, params).fetchall())
+        return [_to_callback(row) for row in rows]
+
+    async def redeliver_callbacks(
+        self, app_id: str, event_ids: Sequence[str] | None, now_ms: int
+    ) -> int:
+        statement, params = _for_events(_REDELIVER_CALLBACKS, [now_ms, app_id], event_ids)
+        return await self._writer.run(lambda db: _write_once(db, statement, params))
+
+    async def discard_callbacks(self, app_id: str, event_ids: Sequence[str] | None) -> int:
+        statement, params = _for_events(_DISCARD_CALLBACKS, [app_id], event_ids)
+        return await self._writer.run(lambda db: _write_once(db, statement, params))
+
+    async def purge_delivered_callbacks(self, delivered_before_ms: int) -> int:
+        return await self._purge(_PURGE_DELIVERED, (delivered_before_ms, _PURGE_BATCH))
 
     async def schema_version(self) -> int:
         return await self._reader.run(_schema_version)
@@ -294,7 +386,7 @@ class _SqliteTransaction:
 
     def __init__(self, store: SqliteTaskStore) -> None:
         self._store = store
-        self.writes: list[_Insert | _Update] = []
+        self.writes: list[_Write] = []
 
     async def get(self, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
         # The last commit; what this unit writes is checked against it again at commit.
@@ -309,15 +401,20 @@ class _SqliteTransaction:
         self.writes.append(_Update(record))
         return record.with_version(record.version + 1)
 
+    async def add_callback(self, record: CallbackRecord) -> None:
+        self.writes.append(record)
 
-def _commit(db: sqlite3.Connection, writes: list[_Insert | _Update]) -> None:
+
+def _commit(db: sqlite3.Connection, writes: list[_Write]) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
         for write in writes:
             if isinstance(write, _Insert):
                 _insert(db, write.record)
-            else:
+            elif isinstance(write, _Update):
                 _update(db, write.record)
+            else:
+                _insert_callback(db, write)
     except BaseException:
         db.execute("ROLLBACK")
         raise
@@ -359,6 +456,53 @@ def _update(db: sqlite3.Connection, record: TaskRecord) -> None:
         raise UserTaken(_key(record)) from None
     if cursor.rowcount != 1:
         raise StaleVersion(f"{_key(record)} is no longer at version {record.version}")
+
+
+def _insert_callback(db: sqlite3.Connection, record: CallbackRecord) -> None:
+    db.execute(
+        _INSERT_CALLBACK,
+        (
+            record.event_id,
+            record.app_id,
+            record.room_id,
+            record.task_id,
+            json.dumps(record.body),
+            record.state.value,
+            record.attempts,
+            record.next_attempt_ms,
+            record.last_error,
+            record.created_ms,
+            record.delivered_ms,
+            record.window_start_ms,
+            record.app_id,
+            record.room_id,
+            record.task_id,
+        ),
+    )
+
+
+def _write_once(db: sqlite3.Connection, statement: str, params: Sequence[Any]) -> int:
+    """One statement in its own write transaction; how many rows it changed."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        changed = int(db.execute(statement, params).rowcount)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return changed
+
+
+def _for_events(
+    statement: str, params: list[Any], event_ids: Sequence[str] | None
+) -> tuple[str, list[Any]]:
+    """``statement`` narrowed to ``event_ids`` when given (only '?' are interpolated)."""
+    if event_ids is None:
+        return statement, params
+    return statement + f" AND event_id IN ({','.join('?' * len(event_ids))})", [
+        *params,
+        *event_ids,
+    ]
 
 
 def _get(db: sqlite3.Connection, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
@@ -419,4 +563,22 @@ def _to_record(row: tuple[Any, ...]) -> TaskRecord:
         end_time_ms=int(ended),
         version=int(version),
         document=json.loads(document),
+    )
+
+
+def _to_callback(row: tuple[Any, ...]) -> CallbackRecord:
+    return CallbackRecord(
+        event_id=str(row[0]),
+        app_id=str(row[1]),
+        room_id=str(row[2]),
+        task_id=str(row[3]),
+        seq=int(row[4]),
+        body=json.loads(row[5]),
+        state=CallbackState(row[6]),
+        attempts=int(row[7]),
+        next_attempt_ms=int(row[8]),
+        last_error=str(row[9]),
+        created_ms=int(row[10]),
+        delivered_ms=int(row[11]),
+        window_start_ms=int(row[12]),
     )

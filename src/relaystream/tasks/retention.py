@@ -1,8 +1,7 @@
 """Retention: ended tasks are kept for ``retention_s``, then purged, so that the store
-does not grow for ever. Active tasks are never touched.
-
-(When callbacks are persisted, a task with an event still pending or failed must be
-kept too: that condition belongs in the store's purge, beside the outbox table.)
+does not grow for ever. Active tasks are never touched, nor tasks with a callback event
+still pending or failed (the store's purge checks its outbox). Delivered callback
+events go after ``delivered_callbacks_s``.
 """
 
 from __future__ import annotations
@@ -24,17 +23,23 @@ class RetentionJob:
         *,
         retention_s: float,
         interval_s: float,
+        delivered_callbacks_s: float = 24 * 3600,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._retention_s = retention_s
         self._interval_s = interval_s
+        self._delivered_callbacks_s = delivered_callbacks_s
         self._clock = clock
 
     async def purge_once(self) -> int:
         """Purge the tasks that ended more than ``retention_s`` ago; how many went."""
-        cutoff_ms = int((self._clock() - self._retention_s) * 1000)
-        purged = await self._store.purge_ended(cutoff_ms)
+        now = self._clock()
+        events_cutoff_ms = int((now - self._delivered_callbacks_s) * 1000)
+        events = await self._store.purge_delivered_callbacks(events_cutoff_ms)
+        if events:
+            logger.info("purged %d delivered callback event(s)", events)
+        purged = await self._store.purge_ended(int((now - self._retention_s) * 1000))
         if purged:
             logger.info("purged %d task(s) ended over %.0f s ago", purged, self._retention_s)
         return purged

@@ -5,8 +5,9 @@ worker processes). A catch-all at that boundary turns any failure into a SourceE
 stop instead of a crashed server. State changes are persisted before they are acted on,
 each a compare-and-set on the stored version (another node, or another coroutine, may
 have changed the task since it was read: the change is then applied again to what is
-stored now). A shutdown leaves active tasks active so the next start resumes them: a
-VOD near its saved position, a live source by reconnecting.
+stored now). A change a user can see (its status and stop reason) writes its callback
+event in the same unit of work. A shutdown leaves active tasks active so the next start
+resumes them: a VOD near its saved position, a live source by reconnecting.
 
 Several nodes may share the store (relaystream.tasks.node): a node runs a task only
 while it holds its lease. Every ``renew_s`` it renews its leases (a run whose lease was
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from relaystream import metrics
+from relaystream.callbacks.events import VisibleState
+from relaystream.callbacks.outbox import CallbackOutbox
 from relaystream.logs import log_event, url_for_log
 from relaystream.rtc.publisher import RoomConnector
 from relaystream.store import StaleVersion, TaskExists, TaskQuery
@@ -72,9 +75,11 @@ class TaskSupervisor:
         policy: SourcePolicy,
         slots: RunningSlots | None = None,
         settings: RunSettings | None = None,
+        outbox: CallbackOutbox | None = None,
         node: NodeSettings | None = None,
     ) -> None:
         self._store = store
+        self._outbox = outbox or CallbackOutbox.disabled()
         self._connector = connector
         self._policy = policy
         self._slots = slots or RunningSlots.unlimited()
@@ -427,8 +432,11 @@ class TaskSupervisor:
             try:
                 async with self._store.transaction() as unit:
                     await unit.update(to_record(changed, record.version))
+                    event = await self._outbox.record(unit, visible(task), visible(changed))
             except StaleVersion:
                 continue
+            if event:
+                self._outbox.committed()
             return changed
         raise RuntimeError(f"{key}: gave up after {_MAX_ATTEMPTS} conflicting writes")
 
@@ -440,6 +448,9 @@ class TaskSupervisor:
             try:
                 async with self._store.transaction() as unit:
                     await unit.insert(new)
+                    event = await self._outbox.record(unit, None, visible(task))
+                if event:
+                    self._outbox.committed()
                 return task
             except TaskExists:
                 pass
@@ -451,10 +462,29 @@ class TaskSupervisor:
                     if stored.status != TaskStatus.ENDED:
                         raise TaskAlreadyActive(str(key))
                     await unit.update(new.with_version(stored.version))
+                    event = await self._outbox.record(unit, None, visible(task))
+                if event:
+                    self._outbox.committed()
                 return task
             except StaleVersion:
                 continue  # changed meanwhile: look again
         raise RuntimeError(f"{key}: gave up after {_MAX_ATTEMPTS} conflicting writes")
+
+
+def visible(task: RelayTask) -> VisibleState:
+    """What a user sees of ``task``, as its callback events carry it."""
+    return VisibleState(
+        app_id=task.key.app_id,
+        room_id=task.key.room_id,
+        task_id=task.key.task_id,
+        user_id=task.user_id,
+        business_id=task.business_id,
+        stream_url=task.control.stream_url,
+        start_timestamp_s=task.control.start_timestamp_s,
+        status=int(task.status),
+        reason=task.stop_reason.value if task.stop_reason else "",
+        message=task.stop_detail,
+    )
 
 
 def _due(task: RelayTask) -> bool:
