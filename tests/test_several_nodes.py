@@ -28,6 +28,7 @@ import aiohttp
 import pytest
 
 from relaystream.media.testsrc import ClipSpec, make_test_clip
+from tests.support.callbacks import CallbackReceiver, callback_receiver
 from tests.support.net import static_http_server
 from tests.support.postgres import PostgresCluster
 from tests.support.processes import media_workers_by_marker
@@ -46,6 +47,7 @@ NODE_MARKER = "RELAYSTREAM_TEST_NODE"
 NODE_NAMES = ("node-a", "node-b", "node-c")
 LEASE_S = 4.0
 RENEW_S = 1.0
+CALLBACK_SECRET = "several-nodes-secret"
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +60,17 @@ def clip_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 class Cluster:
-    def __init__(self, nodes: dict[str, RelayServer]) -> None:
+    def __init__(self, nodes: dict[str, RelayServer], receiver: CallbackReceiver) -> None:
         self.nodes = nodes
+        self.receiver = receiver
+
+    def callbacks_of_room(self, room: str) -> list[tuple[int, str]]:
+        """The room's state callbacks, each event once (delivery is at least once)."""
+        seen: dict[str, tuple[int, str]] = {}
+        for event in list(self.receiver.events):
+            if event.data["RoomId"] == room:
+                seen.setdefault(event.event_id, event.state)
+        return list(seen.values())
 
     def rtc(self, name: str) -> RtcService:
         return RtcService(self.nodes[name].host, ACCESS_KEY_ID, SECRET_ACCESS_KEY)
@@ -84,22 +95,33 @@ def cluster(
 ) -> Iterator[Cluster]:
     url = postgres.fresh_database()
     nodes: dict[str, RelayServer] = {}
-    try:
-        for name in NODE_NAMES:
-            nodes[name] = start_server(
-                tmp_path_factory.mktemp(name),
-                extra_config=(
-                    f'[store]\nurl = "{url}"\n'
-                    f'[node]\nid = "{name}"\nlease_s = {LEASE_S}\nrenew_s = {RENEW_S}\n'
-                ),
-                env={NODE_MARKER: name},
-            )
-        yield Cluster(nodes)
-    finally:
-        for server in nodes.values():
-            if server.process.poll() is None:
-                os.kill(server.process.pid, signal.SIGCONT)
-            server.stop()
+    with callback_receiver(CALLBACK_SECRET) as receiver:
+        try:
+            for name in NODE_NAMES:
+                nodes[name] = start_server(
+                    tmp_path_factory.mktemp(name),
+                    extra_config=(
+                        f'[store]\nurl = "{url}"\n'
+                        f'[node]\nid = "{name}"\nlease_s = {LEASE_S}\nrenew_s = {RENEW_S}\n'
+                    ),
+                    env={NODE_MARKER: name},
+                    app_toml={
+                        APP_ID: f'callback_url = "{receiver.url}"\n'
+                        f'callback_secret = "{CALLBACK_SECRET}"\n'
+                    },
+                    callbacks_toml="allow_private = true\npoll_interval_s = 0.2\n"
+                    "backoff_base_s = 0.2\nbackoff_cap_s = 1.0\n",
+                )
+            yield Cluster(nodes, receiver)
+        finally:
+            _stop_all(nodes)
+
+
+def _stop_all(nodes: dict[str, RelayServer]) -> None:
+    for server in nodes.values():
+        if server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)  # a frozen node stops too
+        server.stop()
 
 
 class WorkerSampler:
@@ -238,6 +260,13 @@ async def test_a_killed_owners_task_runs_on_another_node_within_10_s_never_twice
     assert len(cluster.workers()) == 1  # not lost either
     await call(cluster.rtc(others[0]), "StopRelayStream", task_key("killed", "t"))
     await wait_until(lambda: not cluster.workers(), 10, "the worker stopped")
+    # Its callbacks continued in order across the move: started, running, reconnecting
+    # (on the new node), running again, stopped — each event once.
+    expected = [(1, ""), (2, ""), (1, ""), (2, ""), (3, "ApiStop")]
+    await wait_until(
+        lambda: len(cluster.callbacks_of_room("killed")) >= len(expected), 15, "callbacks"
+    )
+    assert cluster.callbacks_of_room("killed") == expected
     cluster.nodes[owner] = cluster.nodes[owner].restart()
 
 

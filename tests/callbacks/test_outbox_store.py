@@ -5,6 +5,7 @@ undelivered events outlives its retention."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -187,3 +188,28 @@ async def test_only_failed_events_are_redelivered_or_discarded(store: AnyStore) 
     assert await store.redeliver_callbacks(APP, None, NOW_MS) == 1
     left = await store.list_callbacks(APP, [CallbackState.PENDING, CallbackState.FAILED], 10)
     assert {record.event_id for record in left} == {two.event_id, three.event_id}
+
+
+async def test_nodes_racing_for_one_event_let_exactly_one_send_it(
+    postgres: PostgresCluster,
+) -> None:
+    # Three nodes' stores on one PostgreSQL, each claiming every due event at once, as
+    # their delivery workers would: each event goes to one node only.
+    url = postgres.fresh_database()
+    nodes = [await PostgresTaskStore.open(url) for _ in range(3)]
+    try:
+        events = [await started(nodes[0], relay_task(f"task-{n}")) for n in range(10)]
+
+        async def claim_all(node: PostgresTaskStore) -> list[str]:
+            won = []
+            for record in await node.due_callbacks(NOW_MS, 100):
+                if await node.lease_callback(record.event_id, NOW_MS, NOW_MS + 10_000):
+                    won.append(record.event_id)
+            return won
+
+        claims = await asyncio.gather(*(claim_all(node) for node in nodes))
+        claimed = [event_id for won in claims for event_id in won]
+        assert sorted(claimed) == sorted(event.event_id for event in events)
+    finally:
+        for node in nodes:
+            await node.close()
