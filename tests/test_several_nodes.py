@@ -367,6 +367,9 @@ async def test_drain_moves_a_nodes_tasks_elsewhere_with_one_reconnect_each(
         )
         for room in rooms:
             await wait_for_status(cluster.rtc("node-a"), room, "t", 2, timeout_s=15)
+        await wait_until(
+            lambda: all(seen[-1] == 2 for seen in sampler.seen.values()), 10, "sampled at 2"
+        )
     histories = sorted(sampler.seen.values())
     assert histories.count([2, 1, 2]) == moving, histories  # one reconnect each
     assert histories.count([2]) == len(rooms) - moving, histories
