@@ -52,14 +52,15 @@ $(VENV)/.bench-installed: pyproject.toml constraints.txt | $(VENV)/bin/python
 	touch $@ $(VENV)/.test-installed $(VENV)/.run-installed
 
 # System packages the tests use, installed only when missing: the ffmpeg CLI (reference
-# and live RTMP publisher), nginx with the RTMP module (a real RTMP server), and
-# Chromium (a real browser viewer).
+# and live RTMP publisher), nginx with the RTMP module (a real RTMP server), Chromium
+# (a real browser viewer), and PostgreSQL (a throwaway cluster for the shared store).
 check-system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	[ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing="$$missing libnginx-mod-rtmp"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && \

@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.clips import make_clips
 from tests.support.net import static_http_server
+from tests.support.postgres import PostgresCluster, postgres_cluster
 from tests.support.sdk import RtcService
 from tests.support.server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, RelayServer, start_server
 
@@ -23,6 +24,13 @@ def media_url(clips: dict[str, Path]) -> Iterator[str]:
     """Base URL of an HTTP server (with Range support) serving the clips."""
     with static_http_server(clips["mp4"].parent) as base_url:
         yield base_url
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL for the session, started when a test first asks."""
+    with postgres_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")

@@ -58,3 +58,24 @@ def test_unusable_data_dir_or_store_fails_fast(
         assert what in line and str(data_dir) in line
     else:  # without a config the demo account is written first, and that fails first
         assert "demo account" in line and str(data_dir) in line
+
+
+def test_an_unreachable_postgresql_store_fails_fast_without_its_password(tmp_path: Path) -> None:
+    # Nothing listens on this loopback port: the store cannot be opened.
+    url = f"postgresql://relay:hunter2secret@127.0.0.1:{free_port()}/relaystream"
+    config = write_config(tmp_path / "r.toml", extra=f'[store]\nurl = "{url}"\n')
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "relaystream", "serve", "--config", str(config)),
+            *("--port", str(free_port()), "--data-dir", str(tmp_path / "data")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    # The driver's pool logs each failed attempt; the last line says why it gave up.
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("relaystream serve: the task store postgresql://relay:***@127.0.0.1:")
+    assert "hunter2secret" not in done.stderr + done.stdout

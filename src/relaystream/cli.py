@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from relaystream import __version__
+from relaystream import __version__, nodes_cli
 from relaystream.client import RelayStreamClient, RelayStreamError
 from relaystream.config import DEMO_ACCOUNT_FILE, Config, ConfigError, demo_config, load_config
 from relaystream.logs import LogFormat, configure_logging, log_event
@@ -155,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--refreshes", type=int, default=None, help="stop after N refreshes (default: never)"
     )
+    nodes_cli.add_commands(commands)
 
     callbacks = commands.add_parser(
         "callbacks",
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "token":
         return _token(args)
+    if args.command in ("nodes", "drain"):
+        return nodes_cli.run(args)
     try:
         if args.command == "api":
             return _api(args)

@@ -107,6 +107,32 @@ class IceServerConfig(_Strict):
     credential: Annotated[str | None, Field(repr=False)] = None
 
 
+class StoreConfig(_Strict):
+    # Where tasks live: SQLite in the data dir when unset, or a PostgreSQL URL
+    # ("postgresql://user:password@host:5432/db") that several nodes share.
+    url: Annotated[str | None, Field(repr=False, pattern=r"^postgres(ql)?://")] = None
+
+
+class NodeConfig(_Strict):
+    # This node's name among those sharing the store; made once and kept in the data
+    # dir when unset.
+    id: Annotated[str | None, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] = (
+        None
+    )
+    # The base URL other nodes redirect viewers to; http://HOST:PORT of serve when unset.
+    advertise_url: Annotated[str | None, Field(pattern=r"^https?://")] = None
+    # A task's lease, and how often it is renewed (a dead node's tasks move within
+    # about lease_s + renew_s).
+    lease_s: Annotated[float, Field(gt=0)] = 6.0
+    renew_s: Annotated[float, Field(gt=0)] = 2.0
+
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> NodeConfig:
+        if self.renew_s * 2 > self.lease_s:
+            raise ValueError("renew_s must be at most half of lease_s")
+        return self
+
+
 class RtcConfig(_Strict):
     # Local addresses the SFU binds its ICE host candidates on; loopback by default,
     # since the server listens on 127.0.0.1 unless told otherwise. "0.0.0.0" binds all.
@@ -159,6 +185,8 @@ class Config(_Strict):
     sources: SourcesConfig = SourcesConfig()
     tasks: TasksConfig = TasksConfig()
     callbacks: CallbacksConfig = CallbacksConfig()
+    store: StoreConfig = StoreConfig()
+    node: NodeConfig = NodeConfig()
     rtc: RtcConfig = RtcConfig()
     media: MediaConfig = MediaConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -45,6 +45,20 @@ DESCRIPTIONS: dict[str, str] = {
     "scheme, host and port; the path under the prefix's), e.g. a CDN on your own network.",
     "sources.hosts": 'Host names with fixed, trusted addresses (`{ name = "10.0.0.8" }`): '
     "resolved to that address and allowed whatever it is.",
+    "callbacks": "Delivery of `RelayStreamStateChanged` callbacks (at least once, each "
+    "task's events in order; on several nodes, one node sends an event at a time).",
+    "callbacks.allow_private": "Let `callback_url` reach loopback, private and link-local "
+    "addresses.",
+    "callbacks.timeout_s": "One POST, the answer included.",
+    "callbacks.backoff_base_s": "The first retry comes after about this long, each next one "
+    "after twice as long (±20 % jitter)...",
+    "callbacks.backoff_cap_s": "...up to this long.",
+    "callbacks.retry_window_s": "Retries stop this long after an event's first attempt; the "
+    "event is then kept as failed (operators can redeliver or discard it).",
+    "callbacks.poll_interval_s": "How often the outbox is scanned for due events.",
+    "callbacks.max_in_flight": "POSTs at once, all AppIds.",
+    "callbacks.max_in_flight_per_app": "POSTs at once for one AppId.",
+    "callbacks.delivered_retention_s": "Delivered events are kept this long, then purged.",
     "tasks": "Task lifetimes, retention and caps.",
     "tasks.lifetime_s": "A task ends with `Expired` this long after the later of its Start "
     "call and its `StartTimeStamp`.",
@@ -54,6 +68,17 @@ DESCRIPTIONS: dict[str, str] = {
     "tasks.max_running_per_node": "Tasks holding a media worker on one node (scheduled ones "
     "do not count).",
     "tasks.max_running_per_app": "The same, per AppId, unless the app sets its own.",
+    "store": "Where tasks live.",
+    "store.url": "A PostgreSQL URL (`postgresql://user:password@host:5432/db`) that several "
+    "nodes share; unset: SQLite in the data dir (one node).",
+    "node": "This node among several sharing one PostgreSQL store.",
+    "node.id": "Its name; made once and kept in the data dir (`node-id`) when unset.",
+    "node.advertise_url": "The base URL other nodes send this node's viewers and "
+    "publishers to (307); `http://HOST:PORT` of `serve` when unset.",
+    "node.lease_s": "How long a node's hold on a task lasts without renewal; its "
+    "workers stop themselves a second before it ends.",
+    "node.renew_s": "How often leases are renewed (at most half of `lease_s`); a dead "
+    "node's tasks move within about `lease_s + renew_s`.",
     "rtc": "The embedded SFU.",
     "rtc.ice_addresses": "Local addresses the SFU binds its ICE (media) sockets on; "
     'loopback by default, since the server listens on 127.0.0.1 unless told otherwise. "0.0.0.0" '
@@ -76,20 +101,6 @@ DESCRIPTIONS: dict[str, str] = {
     "server.tls_cert": "PEM certificate (with its chain) to serve everything over HTTPS; "
     "with `tls_key`. `serve --tls-cert` overrides it.",
     "server.tls_key": "PEM private key of `tls_cert`. `serve --tls-key` overrides it.",
-    "callbacks": "Delivery of RelayStreamStateChanged callbacks (SPEC §5).",
-    "callbacks.allow_private": "Let callback URLs reach loopback, private and link-local "
-    "addresses (a test, or a receiver on your own network).",
-    "callbacks.timeout_s": "One POST, answer included; a slower receiver is retried.",
-    "callbacks.backoff_base_s": "The first retry comes after about this long, each next one "
-    "twice as late (with jitter)...",
-    "callbacks.backoff_cap_s": "...up to this long between attempts.",
-    "callbacks.retry_window_s": "An event not delivered this long after its first attempt "
-    "is kept as failed, until an operator redelivers or discards it.",
-    "callbacks.poll_interval_s": "How often due retries are looked for (new events go at once).",
-    "callbacks.max_in_flight": "POSTs under way at once, all apps together.",
-    "callbacks.max_in_flight_per_app": "POSTs under way at once for one AppId, so one slow "
-    "receiver cannot hold up the others.",
-    "callbacks.delivered_retention_s": "Delivered events are kept this long, then purged.",
     "media": "What one media worker may spend; a worker past a limit ends its own task.",
     "media.worker_memory_limit_mb": "A worker whose memory passes this is killed; its task "
     "ends `SourceError` and is not relaunched.",

@@ -33,9 +33,10 @@ from relaystream.rtc.session_caps import SessionCaps, SessionLimits
 from relaystream.rtc.signaling import SignalingSettings, cors
 from relaystream.rtc.whep import WhepEndpoint
 from relaystream.rtc.whip import WhipEndpoint
-from relaystream.startup import open_task_store, prepare_data_dir
+from relaystream.startup import node_id, open_task_store, prepare_data_dir
 from relaystream.store import TaskStore
 from relaystream.tasks.limits import RunningSlots
+from relaystream.tasks.node import NodeSettings
 from relaystream.tasks.retention import RetentionJob
 from relaystream.tasks.runner import RunSettings, SourcePolicy
 from relaystream.tasks.service import TaskService
@@ -133,7 +134,7 @@ def callback_delivery(
 async def build_app(settings: ServerSettings) -> web.Application:
     config = settings.config
     prepare_data_dir(settings.data_dir)
-    store = await open_task_store(settings.data_dir)
+    store = await open_task_store(settings.data_dir, config.store.url)
     rooms = RoomRegistry()
     policy = SourcePolicy(
         allow_private=config.sources.allow_private,
@@ -159,6 +160,12 @@ async def build_app(settings: ServerSettings) -> web.Application:
         slots,
         RunSettings(lifetime_s=config.tasks.lifetime_s),
         outbox,
+        NodeSettings(
+            node_id=config.node.id or node_id(settings.data_dir),
+            advertise_url=config.node.advertise_url or settings.base_url,
+            lease_s=config.node.lease_s,
+            renew_s=config.node.renew_s,
+        ),
     )
     delivery, sender = callback_delivery(config, store, outbox)
     retention = RetentionJob(
@@ -172,7 +179,9 @@ async def build_app(settings: ServerSettings) -> web.Application:
     signaling = signaling_settings(config.rtc)
     # One count for both endpoints: the node's cap is on every session it holds.
     session_caps = SessionCaps(signaling.session_limits)
-    whep = WhepEndpoint(rooms, config.app_key_for, signaling, session_caps)
+    whep = WhepEndpoint(
+        rooms, config.app_key_for, signaling, session_caps, owner_url=supervisor.owner_url
+    )
 
     async def is_task_user(app_id: str, room_id: str, user_id: str) -> bool:
         return any(
@@ -203,10 +212,25 @@ async def build_app(settings: ServerSettings) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         if not ready.is_set():
             return web.json_response({"status": "starting"}, status=503)
-        return web.json_response({"status": "ok"})
+        node = supervisor.node
+        return web.json_response(
+            {
+                "status": "ok",
+                "node": node.node_id,
+                "advertise_url": node.advertise_url,
+                "lease_until_ms": supervisor.lease_until_ms,
+                "tasks": len(supervisor.runs()),
+            }
+        )
 
     answer_parser_errors_with_envelopes(config.region)
-    actions = Actions(config, tasks, stream_urls, CallbackDeliveries(store, outbox))
+    actions = Actions(
+        config,
+        tasks,
+        stream_urls,
+        CallbackDeliveries(store, outbox),
+        lambda: supervisor.live_nodes,
+    )
     metrics = MetricsEndpoint(
         lambda: task_samples(supervisor, rooms),
         token=config.metrics.token,

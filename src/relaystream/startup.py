@@ -12,6 +12,10 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+import psycopg
+import psycopg_pool
+
+from relaystream.store.postgres import PostgresTaskStore, redacted_url
 from relaystream.store.sqlite import SqliteTaskStore
 
 
@@ -34,7 +38,12 @@ def prepare_data_dir(data_dir: Path) -> None:
         ) from None
 
 
-async def open_task_store(data_dir: Path) -> SqliteTaskStore:
+async def open_task_store(
+    data_dir: Path, url: str | None = None
+) -> SqliteTaskStore | PostgresTaskStore:
+    """The configured store: PostgreSQL at ``url``, else SQLite in ``data_dir``."""
+    if url is not None:
+        return await _open_postgres(url)
     path = data_dir / "relaystream.db"
     if path.exists() and not path.is_file():
         # Checked here: SQLite's own failure to open it surfaces late, from a thread.
@@ -43,3 +52,24 @@ async def open_task_store(data_dir: Path) -> SqliteTaskStore:
         return await SqliteTaskStore.open(path)
     except (OSError, sqlite3.Error) as exc:
         raise StartupError(f"the task store {path} is not usable: {exc}") from None
+
+
+async def _open_postgres(url: str) -> PostgresTaskStore:
+    try:
+        return await PostgresTaskStore.open(url)
+    except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        # The driver's message may quote the URL; only the redacted one is shown.
+        reason = type(exc).__name__
+        raise StartupError(f"the task store {redacted_url(url)} is not usable: {reason}") from None
+
+
+def node_id(data_dir: Path) -> str:
+    """This node's id, made once and kept in the data dir (stable across restarts, so a
+    restarted node takes back its own tasks at once)."""
+    path = data_dir / "node-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        made = f"node-{uuid.uuid4().hex[:8]}"
+        path.write_text(made + "\n")
+        return made

@@ -1,9 +1,11 @@
-"""The outbox in the SQLite store: an event commits with its task change or not at all,
-a task's events come out one at a time in order, a lease hides an event being sent,
-and a task with undelivered events outlives its retention."""
+"""The outbox in both stores (SQLite, and PostgreSQL on a throwaway cluster): an event
+commits with its task change or not at all, a task's events come out one at a time in
+order, a lease hides an event being sent (from another node too), and a task with
+undelivered events outlives its retention."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,18 +14,28 @@ import pytest
 
 from relaystream.callbacks.events import VisibleState, event_record
 from relaystream.store import CallbackRecord, CallbackState, StaleVersion
+from relaystream.store.postgres import PostgresTaskStore
 from relaystream.store.sqlite import SqliteTaskStore
 from relaystream.tasks.model import RelayControl, RelayTask, StopReason, TaskKey, to_record
+from tests.support.postgres import PostgresCluster
 
 APP = "5f8a1c2b3d4e5f6a7b8c9d0e"
 NOW_MS = 1_790_000_000_000
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
-    store = await SqliteTaskStore.open(tmp_path / "tasks.db")
-    yield store
-    await store.close()
+AnyStore = SqliteTaskStore | PostgresTaskStore
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AnyStore]:
+    opened: AnyStore
+    if request.param == "sqlite":
+        opened = await SqliteTaskStore.open(tmp_path / "tasks.db")
+    else:
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        opened = await PostgresTaskStore.open(cluster.fresh_database())
+    yield opened
+    await opened.close()
 
 
 def relay_task(task_id: str) -> RelayTask:
@@ -51,7 +63,7 @@ def event_of(task: RelayTask, status: int, reason: str = "", at_ms: int = NOW_MS
     return event_record(state, at_ms)
 
 
-async def started(store: SqliteTaskStore, task: RelayTask) -> CallbackRecord:
+async def started(store: AnyStore, task: RelayTask) -> CallbackRecord:
     event = event_of(task, 1)
     async with store.transaction() as unit:
         await unit.insert(to_record(task))
@@ -59,7 +71,7 @@ async def started(store: SqliteTaskStore, task: RelayTask) -> CallbackRecord:
     return event
 
 
-async def test_an_event_commits_with_its_change_or_not_at_all(store: SqliteTaskStore) -> None:
+async def test_an_event_commits_with_its_change_or_not_at_all(store: AnyStore) -> None:
     task = relay_task("t1")
     first = await started(store, task)
     stored = await store.get(APP, "room-1", "t1")
@@ -84,7 +96,7 @@ async def test_an_event_commits_with_its_change_or_not_at_all(store: SqliteTaskS
     assert (await store.get(APP, "room-1", "t1")) == stored
 
 
-async def test_a_tasks_events_come_out_one_at_a_time_in_order(store: SqliteTaskStore) -> None:
+async def test_a_tasks_events_come_out_one_at_a_time_in_order(store: AnyStore) -> None:
     a, b = relay_task("a"), relay_task("b")
     a1, b1 = await started(store, a), await started(store, b)
     stored = await store.get(APP, "room-1", "a")
@@ -131,7 +143,7 @@ async def test_a_tasks_events_come_out_one_at_a_time_in_order(store: SqliteTaskS
     assert {record.event_id for record in due} == {a2.event_id, b2.event_id}
 
 
-async def test_a_task_is_kept_while_an_event_is_undelivered(store: SqliteTaskStore) -> None:
+async def test_a_task_is_kept_while_an_event_is_undelivered(store: AnyStore) -> None:
     task = relay_task("kept")
     event = await started(store, task)
     stored = await store.get(APP, "room-1", "kept")
@@ -163,7 +175,7 @@ async def test_a_task_is_kept_while_an_event_is_undelivered(store: SqliteTaskSto
     assert await store.list_callbacks(APP, list(CallbackState), 10) == []
 
 
-async def test_only_failed_events_are_redelivered_or_discarded(store: SqliteTaskStore) -> None:
+async def test_only_failed_events_are_redelivered_or_discarded(store: AnyStore) -> None:
     one, two = await started(store, relay_task("one")), await started(store, relay_task("two"))
     await store.settle_callback(replace(one, state=CallbackState.FAILED, last_error="HTTP 500"))
     await store.settle_callback(replace(two, state=CallbackState.FAILED, last_error="HTTP 500"))
@@ -176,3 +188,28 @@ async def test_only_failed_events_are_redelivered_or_discarded(store: SqliteTask
     assert await store.redeliver_callbacks(APP, None, NOW_MS) == 1
     left = await store.list_callbacks(APP, [CallbackState.PENDING, CallbackState.FAILED], 10)
     assert {record.event_id for record in left} == {two.event_id, three.event_id}
+
+
+async def test_nodes_racing_for_one_event_let_exactly_one_send_it(
+    postgres: PostgresCluster,
+) -> None:
+    # Three nodes' stores on one PostgreSQL, each claiming every due event at once, as
+    # their delivery workers would: each event goes to one node only.
+    url = postgres.fresh_database()
+    nodes = [await PostgresTaskStore.open(url) for _ in range(3)]
+    try:
+        events = [await started(nodes[0], relay_task(f"task-{n}")) for n in range(10)]
+
+        async def claim_all(node: PostgresTaskStore) -> list[str]:
+            won = []
+            for record in await node.due_callbacks(NOW_MS, 100):
+                if await node.lease_callback(record.event_id, NOW_MS, NOW_MS + 10_000):
+                    won.append(record.event_id)
+            return won
+
+        claims = await asyncio.gather(*(claim_all(node) for node in nodes))
+        claimed = [event_id for won in claims for event_id in won]
+        assert sorted(claimed) == sorted(event.event_id for event in events)
+    finally:
+        for node in nodes:
+            await node.close()

@@ -19,3 +19,28 @@ def media_worker_pids(server_pid: int) -> set[int]:
         if ppid == server_pid and b"relaystream.media.worker" in cmdline:
             pids.add(int(entry.name))
     return pids
+
+
+def media_workers_by_marker(name: str) -> dict[int, str]:
+    """Every media worker on the machine whose environment sets ``name``: pid → value.
+
+    Found by environment, not parent: a worker whose server was killed has been
+    reparented and still counts while it runs."""
+    found = {}
+    prefix = name.encode() + b"="
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if b"relaystream.media.worker" not in (entry / "cmdline").read_bytes():
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state == "Z":  # exited, not yet reaped: it pulls nothing
+            continue
+        for variable in environ:
+            if variable.startswith(prefix):
+                found[int(entry.name)] = variable[len(prefix) :].decode()
+    return found

@@ -40,6 +40,7 @@ class RelayServer:
     config_path: Path
     serve_args: tuple[str, ...] = ()
     tls: ssl.SSLContext | None = None  # a client context trusting the HTTPS certificate
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def host(self) -> str:
@@ -89,6 +90,7 @@ class RelayServer:
             port=self.port,
             serve_args=self.serve_args,
             tls=self.tls,
+            env=dict(self.env),
         )
 
 
@@ -174,10 +176,12 @@ def start_server(
     callbacks_toml: str = "",
     serve_args: tuple[str, ...] = (),
     tls: ssl.SSLContext | None = None,
+    env: dict[str, str] | None = None,
 ) -> RelayServer:
     """A server with the test config (see ``write_config``) on a free port; ``serve_args``
     are more options of ``relaystream serve``; with ``--tls-cert`` among them, ``tls`` is
-    a client context that trusts the certificate."""
+    a client context that trusts the certificate; ``env`` more environment (its workers
+    inherit it, so a test can tell whose workers are whose)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
         workdir / "relaystream.toml",
@@ -187,7 +191,7 @@ def start_server(
         app_toml=app_toml,
         callbacks_toml=callbacks_toml,
     )
-    return serve(workdir, config, serve_args=serve_args, tls=tls)
+    return serve(workdir, config, serve_args=serve_args, tls=tls, env=env)
 
 
 def serve(
@@ -197,6 +201,7 @@ def serve(
     port: int | None = None,
     serve_args: tuple[str, ...] = (),
     tls: ssl.SSLContext | None = None,
+    env: dict[str, str] | None = None,
 ) -> RelayServer:
     """``relaystream serve`` with ``config``, its data and log in ``workdir``, on a free
     port (or ``port``: a restart); returns once it answers /healthz."""
@@ -219,9 +224,18 @@ def serve(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
-    server = RelayServer(process, port, workdir / "data", log_path, config, serve_args, tls)
+    server = RelayServer(
+        process,
+        port,
+        workdir / "data",
+        log_path,
+        config,
+        serve_args,
+        tls,
+        tuple((env or {}).items()),
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -7,6 +7,7 @@ signed like the others and served only to an access key that owns the AppId.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -70,12 +71,16 @@ class Actions:
         tasks: TaskService,
         stream_urls: AddressPolicy,
         callbacks: CallbackDeliveries,
+        live_nodes: Callable[[], int] = lambda: 1,
     ) -> None:
         self._config = config
         self._tasks = tasks
         self._stream_urls = stream_urls
         self._callbacks = callbacks
         self._rate_limiter = RateLimiter()
+        # Nodes sharing the store split each AppId's limit evenly (a per-node share: it
+        # holds across nodes when a load balancer spreads the requests).
+        self._live_nodes = live_nodes
         self._turns = AppTurns(WRITES_IN_PROGRESS_PER_APP)
 
     def table(self) -> dict[str, Handler]:
@@ -102,7 +107,8 @@ class Actions:
                 NO_PERMISSION_FOR_APP,
                 f"The access key {caller.access_key_id} has no permission for AppId {app_id}.",
             )
-        if not self._rate_limiter.allow(app_id, app.qps_limit):
+        share = max(1, math.ceil(app.qps_limit / max(1, self._live_nodes())))
+        if not self._rate_limiter.allow(app_id, share):
             raise ApiError(
                 QPS_OVER_LIMIT,
                 f"AppId {app_id} is over its limit of {app.qps_limit} requests per second.",

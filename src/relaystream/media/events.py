@@ -158,6 +158,9 @@ def _build(cls: type[Any] | None, value: Any) -> Any:
 class CommandName(StrEnum):
     KEYFRAME = "keyframe"  # a viewer needs a picture: encode a keyframe now (transcode)
     STOP = "stop"  # finish cleanly: stop reading the source, flush, exit
+    # {"deadline": unix seconds}: the node's lease on the task; exit when it passes
+    # without a newer one (fencing: the node may be frozen or cut off).
+    LEASE = "lease"
 
 
 @dataclass(frozen=True)
@@ -178,3 +181,7 @@ class WorkerCommand:
         except (KeyError, ValueError) as exc:
             raise EventFormatError(f"unknown command: {exc}") from None
         return cls(name, data)
+
+
+def lease_command(deadline_s: float) -> WorkerCommand:
+    return WorkerCommand(CommandName.LEASE, {"deadline": deadline_s})

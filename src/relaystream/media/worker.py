@@ -9,8 +9,14 @@ one JSON line each; writes wire messages on stdout, logs on stderr.
 - stdin at its end means the server is gone: the same as ``stop``, so that no worker
   outlives its server. SIGTERM and SIGINT end the worker at once, quietly.
 
+- ``lease``: the node's lease on the task now runs until ``deadline`` (unix time). When
+  a deadline passes without renewal the worker exits at once by itself (fencing: even
+  when the node's process is frozen, its workers stop before another node may start
+  the task).
+
 Exit code 0: the source ended (after a ``SourceEnded`` event) or the worker was stopped;
-2: a failure was reported as a ``SourceFailed`` event; anything else is a crash.
+2: a failure was reported as a ``SourceFailed`` event; 3: the lease passed; anything
+else is a crash.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import IO, Any
 
 from relaystream.media.control import PipelineControl
@@ -40,6 +47,8 @@ from relaystream.media.wire import EncodedPacket, write_event, write_packet
 
 EXIT_OK = 0
 EXIT_SOURCE_ERROR = 2
+EXIT_LEASE_EXPIRED = 3
+_LEASE_CHECK_S = 0.05
 # After a stop, the pipeline gets this long to notice (it may be blocked in a read).
 STOP_GRACE_S = 0.8
 
@@ -98,7 +107,31 @@ def run_worker(spec: PipelineSpec, output: WorkerOutput, control: PipelineContro
     return EXIT_OK
 
 
-def read_commands(commands: IO[bytes], control: PipelineControl) -> None:
+class LeaseFence:
+    """Exits the process when the last lease deadline it was given passes.
+
+    Checked on a thread of its own: it depends neither on the pipeline nor on the node
+    that sends the renewals."""
+
+    def __init__(self) -> None:
+        self._deadline_s: float | None = None
+
+    def renew(self, deadline_s: float) -> None:
+        if self._deadline_s is None:
+            threading.Thread(target=self._watch, name="lease", daemon=True).start()
+        self._deadline_s = deadline_s
+
+    def _watch(self) -> None:
+        while True:
+            deadline_s = self._deadline_s
+            if deadline_s is not None and time.time() >= deadline_s:
+                os._exit(EXIT_LEASE_EXPIRED)  # at once: no cleanup may outlive the lease
+            time.sleep(_LEASE_CHECK_S)
+
+
+def read_commands(
+    commands: IO[bytes], control: PipelineControl, fence: LeaseFence | None = None
+) -> None:
     """Apply commands until a stop or the end of stdin (then stop too)."""
     for line in commands:
         if not line.strip():
@@ -112,6 +145,8 @@ def read_commands(commands: IO[bytes], control: PipelineControl) -> None:
             control.request_keyframe()
         elif command.name is CommandName.STOP:
             break
+        elif command.name is CommandName.LEASE and fence is not None:
+            fence.renew(float(command.args["deadline"]))
     control.stop()
 
 
@@ -143,7 +178,7 @@ def main() -> int:
         finished.set()
 
     def command_thread() -> None:
-        read_commands(sys.stdin.buffer, control)
+        read_commands(sys.stdin.buffer, control, LeaseFence())
         # Stopped: whatever the pipeline is doing, say nothing more from here on.
         output.close()
 

@@ -8,6 +8,7 @@ the SDP answer, candidates included, and a session URL that ``DELETE`` ends.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiortc import RTCSessionDescription
@@ -30,6 +31,9 @@ from relaystream.rtc.token import AppKeyLookup, Privilege
 
 logger = logging.getLogger(__name__)
 
+# (app_id, room_id, user_id) → the base URL of the node that publishes it, if another.
+OwnerLookup = Callable[[str, str, str], Awaitable[str | None]]
+
 
 class WhepEndpoint:
     """The WHEP routes and the sessions they created."""
@@ -40,9 +44,13 @@ class WhepEndpoint:
         app_key_for: AppKeyLookup,
         settings: SignalingSettings | None = None,
         caps: SessionCaps | None = None,
+        *,
+        owner_url: OwnerLookup | None = None,
     ) -> None:
         self._rooms = rooms
         self._app_key_for = app_key_for
+        # Several nodes: the base URL of the node a publisher runs on, when not this one.
+        self._owner_url = owner_url
         self._sessions = PeerSessions("/whep/sessions/", settings, caps)
 
     def routes(self) -> list[web.RouteDef]:
@@ -69,6 +77,11 @@ class WhepEndpoint:
         )
         offer = await read_sdp_offer(request, self._sessions.settings.offer_bounds)
         publication = self._rooms.find_publication(app_id, room_id, user_id)
+        if publication is None and self._owner_url is not None:
+            owner = await self._owner_url(app_id, room_id, user_id)
+            if owner is not None:
+                # 307: the viewer posts the same offer, with its token, to the owner.
+                raise web.HTTPTemporaryRedirect(owner.rstrip("/") + request.path_qs)
         if publication is None or publication.ended:
             raise web.HTTPNotFound(text=f"no publisher {user_id!r} in room {room_id!r}\n")
         session = self._sessions.open((app_id, room_id))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -32,8 +33,10 @@ from relaystream.store import (
     TaskRecord,
     TaskTransaction,
     UserTaken,
+    leases,
 )
-from relaystream.store.migrations import MIGRATIONS
+from relaystream.store.leases import NodeInfo, TaskLeaseKey, TaskStats, sqlite_sql
+from relaystream.store.migrations import MIGRATIONS, for_sqlite
 
 # How long a writer waits for another connection's write lock before giving up.
 _BUSY_TIMEOUT_S = 10.0
@@ -284,6 +287,94 @@ class SqliteTaskStore:
     async def schema_version(self) -> int:
         return await self._reader.run(_schema_version)
 
+    # Leases (relaystream.store.leases): one node on a SQLite file in practice, but the
+    # same rules, so a restart and the supervisor work alike on both stores.
+
+    async def heartbeat(self, node: NodeInfo) -> None:
+        values = (
+            node.node_id,
+            node.advertise_url,
+            node.lease_until_ms,
+            node.capacity,
+            node.running,
+            int(node.draining),
+        )
+        await self._writer.run(lambda db: _write(db, leases.HEARTBEAT, values))
+
+    async def nodes(self) -> list[NodeInfo]:
+        now_ms = int(time.time() * 1000)
+        rows = await self._reader.run(
+            lambda db: db.execute(sqlite_sql(leases.NODES), (now_ms,)).fetchall()
+        )
+        return [leases.to_node(row) for row in rows]
+
+    async def claim(self, key: TaskLeaseKey, node_id: str, now_ms: int, until_ms: int) -> bool:
+        values = (key.app_id, key.room_id, key.task_id, node_id, until_ms, now_ms)
+        return await self._writer.run(lambda db: _write(db, leases.CLAIM, values)) == 1
+
+    async def renew(self, node_id: str, now_ms: int, until_ms: int) -> set[TaskLeaseKey]:
+        def renew(db: sqlite3.Connection) -> set[TaskLeaseKey]:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(sqlite_sql(leases.RENEW), (until_ms, node_id, now_ms))
+                rows = db.execute(sqlite_sql(leases.HELD), (node_id, until_ms)).fetchall()
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return {TaskLeaseKey(*row) for row in rows}
+
+        return await self._writer.run(renew)
+
+    async def release(self, key: TaskLeaseKey, node_id: str) -> None:
+        values = (key.app_id, key.room_id, key.task_id, node_id)
+        await self._writer.run(lambda db: _write(db, leases.RELEASE, values))
+
+    async def release_all(self, node_id: str) -> None:
+        await self._writer.run(lambda db: _write(db, leases.RELEASE_ALL, (node_id,)))
+
+    async def holder(self, key: TaskLeaseKey, now_ms: int) -> NodeInfo | None:
+        values = (key.app_id, key.room_id, key.task_id, now_ms)
+        row = await self._reader.run(
+            lambda db: db.execute(sqlite_sql(leases.HOLDER), values).fetchone()
+        )
+        return leases.to_node(row) if row else None
+
+    async def unleased(
+        self, statuses: tuple[int, ...], now_ms: int, limit: int, held_by: str = ""
+    ) -> list[TaskRecord]:
+        values = leases.unleased_params(statuses, now_ms, limit, held_by)
+        rows = await self._reader.run(
+            lambda db: db.execute(sqlite_sql(leases.UNLEASED), values).fetchall()
+        )
+        return [_to_record(row) for row in rows]
+
+    async def set_draining(self, node_id: str, draining: bool) -> bool:
+        values = (int(draining), node_id)
+        return await self._writer.run(lambda db: _write(db, leases.SET_DRAINING, values)) == 1
+
+    async def put_stats(self, node_id: str, written_ms: int, stats: list[TaskStats]) -> None:
+        rows = [leases.stats_values(node_id, written_ms, entry) for entry in stats]
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(sqlite_sql(leases.PUT_STATS), rows)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+        if rows:
+            await self._writer.run(put)
+
+    async def get_stats(self, key: TaskLeaseKey) -> TaskStats | None:
+        values = (key.app_id, key.room_id, key.task_id)
+        row = await self._reader.run(
+            lambda db: db.execute(sqlite_sql(leases.GET_STATS), values).fetchone()
+        )
+        return leases.to_stats(row) if row else None
+
     async def close(self) -> None:
         await self._reader.close()
         await self._writer.close()
@@ -328,6 +419,11 @@ def _commit(db: sqlite3.Connection, writes: list[_Write]) -> None:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _write(db: sqlite3.Connection, statement: str, values: tuple[Any, ...]) -> int:
+    """One statement in autocommit mode; how many rows it changed."""
+    return int(db.execute(sqlite_sql(statement), values).rowcount)
 
 
 def _insert(db: sqlite3.Connection, record: TaskRecord) -> None:
@@ -428,7 +524,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         try:
             if _schema_version(db) < target:
                 for statement in statements:
-                    db.execute(statement)
+                    db.execute(for_sqlite(statement))
                 db.execute("DELETE FROM schema_version")
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
         except BaseException:

@@ -63,6 +63,11 @@ class RunningSlots:
         return cls(per_node=1 << 62, per_app=lambda _: 1 << 62)
 
     @property
+    def capacity(self) -> int:
+        """Running tasks this node may hold."""
+        return self._per_node
+
+    @property
     def running(self) -> int:
         return self._total
 

@@ -31,6 +31,7 @@ from relaystream.media.events import (
     SourceOpened,
     SourceProgress,
     WorkerCommand,
+    lease_command,
 )
 from relaystream.media.process import MediaWorker, WorkerCrashed
 from relaystream.media.spec import PipelineSpec
@@ -190,6 +191,9 @@ class RelayRun:
         self._last_media_at = clock()
         self._saved_position_at = clock()
         self._position_s = task.resume_position_s
+        # Unix time after which this node may no longer run the task (its lease, less a
+        # margin); None when no lease applies. Workers are told it and stop at it.
+        self._lease_deadline_s: float | None = None
 
     @property
     def lifetime_deadline(self) -> float:
@@ -207,6 +211,17 @@ class RelayRun:
             self.stats.worker_cpu_s = self._worker.cpu_seconds()
             self.stats.worker_memory_bytes = self._worker.memory_bytes()
         return self.stats
+
+    @property
+    def lease_lapsed(self) -> bool:
+        """The lease deadline the run was last given has passed."""
+        return self._lease_deadline_s is not None and self._wall_clock() >= self._lease_deadline_s
+
+    def extend_lease(self, deadline_s: float) -> None:
+        """The node renewed the task's lease: the worker may run until ``deadline_s``."""
+        self._lease_deadline_s = deadline_s
+        if self._worker is not None:
+            self._worker.send(lease_command(deadline_s))
 
     def apply_control(self, task: RelayTask) -> None:
         """Relay ``task``'s (updated, already persisted) Control from now on: a new
@@ -317,11 +332,17 @@ class RelayRun:
         """Run a worker to its end: (its final message, whether media flowed)."""
         live = self.stats.opened is not None and self.stats.opened.live
         spec = pipeline_spec(self.task, self._policy, 0.0 if live else self._position_s)
+        lease_s = self._lease_deadline_s
+        if lease_s is not None and self._wall_clock() >= lease_s:
+            # Frozen past the lease: another node may run the task now; no new worker.
+            return WorkerCrashed("the task's lease expired"), False
         worker = self._worker = MediaWorker(spec, log_fields=self._log)
         self._timeline.new_worker()
         flowed = False
         try:
             await worker.start()
+            if lease_s is not None:
+                worker.send(lease_command(lease_s))
             async for message in worker.messages():
                 if isinstance(message, EncodedPacket):
                     if await self._forward(publisher, message):

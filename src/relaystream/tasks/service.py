@@ -112,7 +112,7 @@ class TaskService:
         if not task.active:
             return TaskView(task, None)
         viewers = self._viewer_count(*key_and_user(task)) if self._viewer_count else 0
-        return TaskView(task, self._supervisor.stats(key), viewers)
+        return TaskView(task, await self._supervisor.shared_stats(key), viewers)
 
     def _check_token(self, task: RelayTask) -> None:
         app_key = self._app_key_for(task.key.app_id)

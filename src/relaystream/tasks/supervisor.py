@@ -8,6 +8,13 @@ have changed the task since it was read: the change is then applied again to wha
 stored now). A change a user can see (its status and stop reason) writes its callback
 event in the same unit of work. A shutdown leaves active tasks active so the next start
 resumes them: a VOD near its saved position, a live source by reconnecting.
+
+Several nodes may share the store (relaystream.tasks.node): a node runs a task only
+while it holds its lease. Every ``renew_s`` it renews its leases (a run whose lease was
+lost stops here without ending its task: another node has it), hands its runs the new
+fencing deadline, follows what other nodes recorded for its tasks (a Stop or an Update
+made through them), and takes the unleased active tasks placement gives it. A draining
+node hands all of its tasks back and takes none.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from relaystream.callbacks.events import VisibleState
 from relaystream.callbacks.outbox import CallbackOutbox
 from relaystream.logs import log_event, url_for_log
 from relaystream.rtc.publisher import RoomConnector
-from relaystream.store import StaleVersion, TaskExists, TaskQuery, TaskStore
+from relaystream.store import StaleVersion, TaskExists, TaskQuery
+from relaystream.store.leases import NodeInfo, TaskStats
 from relaystream.tasks.control import RelayControl
 from relaystream.tasks.limits import RunningSlots, Slot, TaskLimitReached
 from relaystream.tasks.model import (
@@ -35,7 +43,16 @@ from relaystream.tasks.model import (
     from_record,
     to_record,
 )
+from relaystream.tasks.node import (
+    NodeSettings,
+    SharedTaskStore,
+    capacity_of,
+    freest_node,
+    lease_key,
+    now_ms,
+)
 from relaystream.tasks.runner import RelayRun, RunOutcome, RunSettings, RunStats, SourcePolicy
+from relaystream.tasks.stats_snapshot import stats_from_json, stats_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +70,13 @@ class TaskAlreadyActive(Exception):
 class TaskSupervisor:
     def __init__(
         self,
-        store: TaskStore,
+        store: SharedTaskStore,
         connector: RoomConnector,
         policy: SourcePolicy,
         slots: RunningSlots | None = None,
         settings: RunSettings | None = None,
         outbox: CallbackOutbox | None = None,
+        node: NodeSettings | None = None,
     ) -> None:
         self._store = store
         self._outbox = outbox or CallbackOutbox.disabled()
@@ -66,7 +84,26 @@ class TaskSupervisor:
         self._policy = policy
         self._slots = slots or RunningSlots.unlimited()
         self._settings = settings or RunSettings()
+        self._node = node or NodeSettings()
         self._runs: dict[TaskKey, tuple[RelayRun, asyncio.Task[None]]] = {}
+        self._lease_until_ms = 0
+        self._live_nodes = 1
+        self._draining = False
+        self._keeper: asyncio.Task[None] | None = None
+
+    @property
+    def node(self) -> NodeSettings:
+        return self._node
+
+    @property
+    def live_nodes(self) -> int:
+        """Nodes (this one included) whose node lease was current at the last round."""
+        return self._live_nodes
+
+    @property
+    def lease_until_ms(self) -> int:
+        """Until when this node's row (and its leases) were last renewed."""
+        return self._lease_until_ms
 
     async def load(self, key: TaskKey) -> RelayTask | None:
         record = await self._store.get(key.app_id, key.room_id, key.task_id)
@@ -84,23 +121,166 @@ class TaskSupervisor:
         entry = self._runs.get(key)
         return entry[0].current_stats() if entry else None
 
+    async def shared_stats(self, key: TaskKey) -> RunStats | None:
+        """Live stats: this node's run's, or the snapshot its owner left in the store."""
+        local = self.stats(key)
+        if local is not None:
+            return local
+        holder = await self._store.holder(lease_key(key), now_ms())
+        snapshot = await self._store.get_stats(lease_key(key))
+        if holder is None or snapshot is None or snapshot.node_id != holder.node_id:
+            return None
+        return stats_from_json(snapshot.stats, max(0, now_ms() - snapshot.written_ms) / 1000)
+
     def runs(self) -> list[RelayRun]:
         """The runs of this node's active tasks, for live statistics."""
         return [run for run, _ in self._runs.values()]
 
     async def resume(self) -> int:
-        """Start the runs of tasks that were active when the server last stopped."""
-        tasks = await self.active_tasks()
-        resumed = 0
-        for task in tasks:
-            current = await self._transition(
-                task.key, lambda t: t.reconnecting() if t.status is TaskStatus.RUNNING else t
+        """Take this node's share of the active tasks no node holds (after a restart:
+        those it ran itself, whose leases are its own), then keep leases from now on.
+        A node that starts is ready for tasks: a drain mark from before is cleared."""
+        await self._store.set_draining(self._node.node_id, False)
+        await self._heartbeat()
+        self._keeper = asyncio.create_task(self._keep_leases(), name="node leases")
+        return await self._take_unleased(own=True) + await self._take_unleased()
+
+    async def owner_url(self, app_id: str, room_id: str, user_id: str) -> str | None:
+        """The advertised URL of the node that runs the active task publishing as
+        ``user_id`` in the room, when that node is another one."""
+        page = await self._store.query(TaskQuery(app_id, room_id=room_id, limit=100))
+        for record in page.records:
+            if record.user_id == user_id and record.status in ACTIVE_STATUSES:
+                key = TaskKey(record.app_id, record.room_id, record.task_id)
+                holder = await self._store.holder(lease_key(key), now_ms())
+                if holder is not None and holder.node_id != self._node.node_id:
+                    return holder.advertise_url
+        return None
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._node.renew_s)
+            try:
+                await self._renew_round()
+            except Exception:
+                # The store is unreachable or failing: the leases lapse and the workers
+                # fence themselves; the next round tries again.
+                logger.exception("renewing leases of node %s failed", self._node.node_id)
+
+    async def _renew_round(self) -> None:
+        now = now_ms()
+        until = now + self._node.lease_ms
+        held = await self._store.renew(self._node.node_id, now, until)
+        for key in [k for k in self._runs if lease_key(k) not in held]:
+            log_event(logger, "task lease lost", task=key, node=self._node.node_id)
+            await self._drop_run(key)
+        deadline_s = until / 1000 - self._node.fence_margin_s
+        for run, _ in self._runs.values():
+            run.extend_lease(deadline_s)
+        await self._heartbeat(until)
+        await self._store.put_stats(
+            self._node.node_id,
+            now_ms(),
+            [
+                TaskStats(lease_key(key), self._node.node_id, 0, stats_to_json(run.current_stats()))
+                for key, (run, _) in self._runs.items()
+            ],
+        )
+        await self._follow_store()
+        if self._draining:
+            await self._hand_back_all()
+        else:
+            await self._take_unleased()
+
+    def _fence_deadline(self, until_ms: int) -> float | None:
+        """When workers must stop unless renewed; None before the leases are kept
+        (a supervisor that never resumed, as in a unit test, renews nothing)."""
+        if self._keeper is None:
+            return None
+        return until_ms / 1000 - self._node.fence_margin_s
+
+    async def _heartbeat(self, until_ms: int | None = None) -> None:
+        until = until_ms if until_ms is not None else now_ms() + self._node.lease_ms
+        nodes = await self._store.nodes()
+        now = now_ms()
+        others = [n for n in nodes if n.node_id != self._node.node_id and n.lease_until_ms >= now]
+        self._live_nodes = 1 + len(others)
+        mine = [n for n in nodes if n.node_id == self._node.node_id]
+        self._draining = bool(mine and mine[0].draining)
+        await self._store.heartbeat(
+            NodeInfo(
+                node_id=self._node.node_id,
+                advertise_url=self._node.advertise_url,
+                lease_until_ms=until,
+                capacity=capacity_of(self._slots.capacity),
+                running=len(self._runs),
+                draining=self._draining,
             )
-            if current is not None:
-                self._spawn(current)
-                _log_start(current, metrics.StartKind.RESUME)
-                resumed += 1
-        return resumed
+        )
+        self._lease_until_ms = until
+
+    async def _follow_store(self) -> None:
+        """Apply what other nodes recorded for this node's tasks: a Stop, an Update."""
+        for key, (run, _) in list(self._runs.items()):
+            record = await self._store.get(key.app_id, key.room_id, key.task_id)
+            stored = from_record(record) if record else None
+            if stored is None or not stored.active:
+                await self._drop_run(key)
+                await self._store.release(lease_key(key), self._node.node_id)
+            elif stored.control != run.task.control:
+                run.apply_control(stored)
+
+    async def _take_unleased(self, *, own: bool = False) -> int:
+        """Take the unleased active tasks placement gives this node, or (``own``) those
+        whose leases this node held before it restarted; how many."""
+        now = now_ms()
+        free = capacity_of(self._slots.capacity) - len(self._runs)
+        if free <= 0:
+            return 0
+        freest = freest_node(await self._store.nodes(), now)
+        if not own and freest is not None and freest.node_id != self._node.node_id:
+            return 0  # the freest live node takes them
+        held_by = self._node.node_id if own else ""
+        taken = 0
+        for record in await self._store.unleased(ACTIVE_STATUSES, now, free, held_by):
+            key = TaskKey(record.app_id, record.room_id, record.task_id)
+            if key in self._runs:
+                continue
+            until = now_ms() + self._node.lease_ms
+            if not await self._store.claim(lease_key(key), self._node.node_id, now, until):
+                continue  # another node took it first
+            current = await self._transition(
+                key, lambda t: t.reconnecting() if t.status is TaskStatus.RUNNING else t
+            )
+            if current is None:
+                await self._store.release(lease_key(key), self._node.node_id)
+                continue
+            self._spawn(current, lease_deadline_s=self._fence_deadline(until))
+            _log_start(current, metrics.StartKind.RESUME)
+            taken += 1
+        return taken
+
+    async def drain(self) -> int:
+        """Hand every task of this node to the others (before maintenance); how many."""
+        self._draining = True
+        await self._store.set_draining(self._node.node_id, True)
+        return await self._hand_back_all()
+
+    async def _hand_back_all(self) -> int:
+        keys = list(self._runs)
+        for key in keys:
+            await self._drop_run(key)
+            await self._store.release(lease_key(key), self._node.node_id)
+            log_event(logger, "task handed over", task=key, node=self._node.node_id)
+        return len(keys)
+
+    async def _drop_run(self, key: TaskKey) -> None:
+        """Stop this node's run of ``key`` without ending the task."""
+        entry = self._runs.pop(key, None)
+        if entry is not None:
+            entry[1].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await entry[1]
 
     async def launch(self, task: RelayTask) -> None:
         """Persist a new run of ``task`` (status 1) and start it.
@@ -109,14 +289,32 @@ class TaskSupervisor:
         full); a scheduled one takes it at its start time. ``TaskAlreadyActive`` if the
         task is not ended, ``UserTaken`` if its user already publishes in the room.
         """
-        slot = self._slots.take(task.key.app_id) if _due(task) else None
-        try:
+        if task.key in self._runs:
+            raise TaskAlreadyActive(str(task.key))
+        now = now_ms()
+        freest = freest_node(await self._store.nodes(), now)
+        if freest is not None and freest.node_id != self._node.node_id:
+            # Placement: the freest node takes it within one renew period.
             await self._save(task)
+            _log_start(task, metrics.StartKind.API)
+            return
+        slot = self._slots.take(task.key.app_id) if _due(task) else None
+        until = now + self._node.lease_ms
+        try:
+            # The lease first: no other node may take the task between its save and
+            # its run.
+            if not await self._store.claim(lease_key(task.key), self._node.node_id, now, until):
+                raise TaskAlreadyActive(str(task.key))
+            try:
+                await self._save(task)
+            except BaseException:
+                await self._store.release(lease_key(task.key), self._node.node_id)
+                raise
         except BaseException:
             if slot is not None:
                 slot.release()
             raise
-        self._spawn(task, slot)
+        self._spawn(task, slot, lease_deadline_s=self._fence_deadline(until))
         _log_start(task, metrics.StartKind.API)
 
     async def update(
@@ -139,11 +337,11 @@ class TaskSupervisor:
     async def stop(self, key: TaskKey, reason: StopReason, detail: str = "") -> RelayTask | None:
         """End an active task; None when it is unknown or already ended."""
         task = await self._transition(key, lambda t: t.stopped(reason, detail))
-        entry = self._runs.pop(key, None)
-        if entry is not None:
-            entry[1].cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await entry[1]
+        # Run here: stopped now. Run on another node: it sees the ended task within one
+        # renew period, and its workers are fenced by their lease deadline regardless.
+        if key in self._runs:
+            await self._drop_run(key)
+            await self._store.release(lease_key(key), self._node.node_id)
         if task is not None:
             _log_stop(task)
         return task
@@ -152,15 +350,26 @@ class TaskSupervisor:
         """Stop the runs without ending their tasks: they resume on the next start.
 
         The runs stop side by side, so shutting down takes one worker's stop grace,
-        not one per task."""
+        not one per task. Their leases are released: another node (or this one, when it
+        starts again) takes the tasks at once."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
         entries = list(self._runs.values())
         self._runs.clear()
         for _, handle in entries:
             handle.cancel()
         await asyncio.gather(*(handle for _, handle in entries), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._store.release_all(self._node.node_id)
 
-    def _spawn(self, task: RelayTask, slot: Slot | None = None) -> None:
+    def _spawn(
+        self, task: RelayTask, slot: Slot | None = None, *, lease_deadline_s: float | None = None
+    ) -> None:
         run = RelayRun(task, self._connector, self._policy, _Hooks(self, task.key), self._settings)
+        if lease_deadline_s is not None:
+            run.extend_lease(lease_deadline_s)
         handle = asyncio.create_task(self._supervise(run, slot), name=f"relay {task.key}")
         self._runs[task.key] = (run, handle)
 
@@ -180,7 +389,16 @@ class TaskSupervisor:
                 slot.release()
         if self._runs.get(key, (None,))[0] is run:
             del self._runs[key]
+        holder = await self._store.holder(lease_key(key), now_ms())
+        if (holder is not None and holder.node_id != self._node.node_id) or (
+            holder is None and run.lease_lapsed
+        ):
+            # The lease went while this node could not renew it: the task is not ours
+            # to end; whoever holds it (or takes it next) runs it.
+            log_event(logger, "task lease lost", task=key, node=self._node.node_id)
+            return
         ended = await self._transition(key, lambda t: t.stopped(outcome.reason, outcome.detail))
+        await self._store.release(lease_key(key), self._node.node_id)
         if ended is not None:
             _log_stop(ended)
 

@@ -1,12 +1,13 @@
-"""Stories for the SQLite task store: a real file, closed and reopened like a restart,
-shared by two stores as two nodes would share one database."""
+"""Stories for the task stores, each run on SQLite (a real file) and on PostgreSQL (a
+throwaway cluster): closed and reopened like a restart, shared by two stores as two
+nodes share one database. A few are about SQLite files only (their names say so)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from relaystream.media.spec import MediaType, StreamMode
 from relaystream.store import StaleVersion, TaskExists, TaskQuery, TaskRecord, UserTaken
 from relaystream.store.migrations import LATEST_VERSION
+from relaystream.store.postgres import PostgresTaskStore
 from relaystream.store.sqlite import _PURGE, SqliteTaskStore
 from relaystream.tasks.model import (
     RelayControl,
@@ -25,6 +27,7 @@ from relaystream.tasks.model import (
     from_record,
     to_record,
 )
+from tests.support.postgres import PostgresCluster
 
 APP = "5f8a1c2b3d4e5f6a7b8c9d0e"
 OTHER_APP = "aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -54,12 +57,12 @@ def relay_task(
     )
 
 
-async def insert(store: SqliteTaskStore, task: RelayTask) -> TaskRecord:
+async def insert(store: AnyStore, task: RelayTask) -> TaskRecord:
     async with store.transaction() as unit:
         return await unit.insert(to_record(task))
 
 
-async def read(store: SqliteTaskStore, key: TaskKey) -> TaskRecord:
+async def read(store: AnyStore, key: TaskKey) -> TaskRecord:
     record = await store.get(key.app_id, key.room_id, key.task_id)
     assert record is not None
     return record
@@ -70,14 +73,36 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "relaystream.db"  # the directory does not exist yet
 
 
+AnyStore = SqliteTaskStore | PostgresTaskStore
+# Opens one more store on the test's database, as another node or a restart would.
+OpenStore = Callable[[], Awaitable[AnyStore]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request: pytest.FixtureRequest, db_path: Path) -> OpenStore:
+    if request.param == "sqlite":
+
+        async def open_sqlite() -> AnyStore:
+            return await SqliteTaskStore.open(db_path)
+
+        return open_sqlite
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    url = cluster.fresh_database()
+
+    async def open_postgresql() -> AnyStore:
+        return await PostgresTaskStore.open(url)
+
+    return open_postgresql
+
+
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SqliteTaskStore]:
-    opened = await SqliteTaskStore.open(db_path)
+async def store(open_store: OpenStore) -> AsyncIterator[AnyStore]:
+    opened = await open_store()
     yield opened
     await opened.close()
 
 
-async def test_an_inserted_task_reads_back_equal_at_version_1(store: SqliteTaskStore) -> None:
+async def test_an_inserted_task_reads_back_equal_at_version_1(store: AnyStore) -> None:
     task = relay_task("task-1").running()
 
     stored = await insert(store, task)
@@ -88,7 +113,7 @@ async def test_an_inserted_task_reads_back_equal_at_version_1(store: SqliteTaskS
     assert from_record(record) == task
 
 
-async def test_an_unknown_task_is_none(store: SqliteTaskStore) -> None:
+async def test_an_unknown_task_is_none(store: AnyStore) -> None:
     await insert(store, relay_task("task-1"))
 
     assert await store.get(APP, "room-1", "task-2") is None
@@ -96,7 +121,7 @@ async def test_an_unknown_task_is_none(store: SqliteTaskStore) -> None:
     assert await store.get(OTHER_APP, "room-1", "task-1") is None
 
 
-async def test_inserting_a_stored_key_again_is_refused(store: SqliteTaskStore) -> None:
+async def test_inserting_a_stored_key_again_is_refused(store: AnyStore) -> None:
     first = await insert(store, relay_task("task-1"))
 
     with pytest.raises(TaskExists):
@@ -105,7 +130,7 @@ async def test_inserting_a_stored_key_again_is_refused(store: SqliteTaskStore) -
     assert await read(store, TaskKey(APP, "room-1", "task-1")) == first
 
 
-async def test_an_update_at_the_read_version_replaces_the_task(store: SqliteTaskStore) -> None:
+async def test_an_update_at_the_read_version_replaces_the_task(store: AnyStore) -> None:
     task = relay_task("task-1")
     stored = await insert(store, task)
     ended = task.running().stopped(StopReason.SOURCE_ENDED)
@@ -121,7 +146,7 @@ async def test_an_update_at_the_read_version_replaces_the_task(store: SqliteTask
 
 
 async def test_an_update_at_a_stale_version_loses_and_changes_nothing(
-    store: SqliteTaskStore,
+    store: AnyStore,
 ) -> None:
     task = relay_task("task-1")
     stale = await insert(store, task)
@@ -135,18 +160,20 @@ async def test_an_update_at_a_stale_version_loses_and_changes_nothing(
     assert await read(store, task.key) == current
 
 
-async def test_two_store_writers_racing_on_one_task_exactly_one_wins(db_path: Path) -> None:
-    # Two nodes: two stores (each with its own connections) on one database file. Both
+async def test_two_store_writers_racing_on_one_task_exactly_one_wins(
+    open_store: OpenStore,
+) -> None:
+    # Two nodes: two stores (each with its own connections) on one database. Both
     # read the task, then both try to end it, each for its own reason.
-    node_a = await SqliteTaskStore.open(db_path)
-    node_b = await SqliteTaskStore.open(db_path)
+    node_a = await open_store()
+    node_b = await open_store()
     try:
         task = relay_task("task-1").running()
         await insert(node_a, task)
         read_a, read_b = await read(node_a, task.key), await read(node_b, task.key)
         assert read_a.version == read_b.version == 1
 
-        async def end(store: SqliteTaskStore, seen: TaskRecord, reason: StopReason) -> str:
+        async def end(store: AnyStore, seen: TaskRecord, reason: StopReason) -> str:
             ended = from_record(seen).stopped(reason)
             try:
                 async with store.transaction() as unit:
@@ -171,7 +198,7 @@ async def test_two_store_writers_racing_on_one_task_exactly_one_wins(db_path: Pa
         await node_b.close()
 
 
-async def test_a_failed_unit_of_work_leaves_nothing_behind(store: SqliteTaskStore) -> None:
+async def test_a_failed_unit_of_work_leaves_nothing_behind(store: AnyStore) -> None:
     task = relay_task("task-1")
 
     with pytest.raises(RuntimeError, match="changed my mind"):
@@ -186,7 +213,7 @@ async def test_a_failed_unit_of_work_leaves_nothing_behind(store: SqliteTaskStor
     assert (await read(store, task.key)).version == 1
 
 
-async def test_one_user_has_one_active_task_per_room(store: SqliteTaskStore) -> None:
+async def test_one_user_has_one_active_task_per_room(store: AnyStore) -> None:
     await insert(store, relay_task("task-1", user_id="singer"))
 
     with pytest.raises(UserTaken):
@@ -207,7 +234,7 @@ async def test_one_user_has_one_active_task_per_room(store: SqliteTaskStore) -> 
             await unit.update(to_record(relay_task("task-1", user_id="singer"), ended.version))
 
 
-async def test_the_same_task_id_in_two_rooms_is_two_tasks(store: SqliteTaskStore) -> None:
+async def test_the_same_task_id_in_two_rooms_is_two_tasks(store: AnyStore) -> None:
     here = relay_task("task-1", room_id="room-1")
     there = relay_task("task-1", room_id="room-2").running()
 
@@ -218,15 +245,15 @@ async def test_the_same_task_id_in_two_rooms_is_two_tasks(store: SqliteTaskStore
     assert from_record(await read(store, there.key)) == there
 
 
-async def test_tasks_survive_closing_and_reopening_the_file(db_path: Path) -> None:
-    store = await SqliteTaskStore.open(db_path)
+async def test_tasks_survive_closing_and_reopening_the_store(open_store: OpenStore) -> None:
+    store = await open_store()
     running = relay_task("task-1").running()
     ended = relay_task("task-2").stopped(StopReason.API_STOP, "stopped by the user")
     await insert(store, running)
     await insert(store, ended)
     await store.close()
 
-    reopened = await SqliteTaskStore.open(db_path)
+    reopened = await open_store()
     try:
         assert from_record(await read(reopened, running.key)) == running
         assert from_record(await read(reopened, ended.key)) == ended
@@ -235,7 +262,7 @@ async def test_tasks_survive_closing_and_reopening_the_file(db_path: Path) -> No
         await reopened.close()
 
 
-async def test_listing_by_status_in_creation_order(store: SqliteTaskStore) -> None:
+async def test_listing_by_status_in_creation_order(store: AnyStore) -> None:
     starting = relay_task("c", created_ms=3_000)
     running = relay_task("a", created_ms=1_000).running()
     also_running = relay_task("b", created_ms=2_000).running()
@@ -252,7 +279,7 @@ async def test_listing_by_status_in_creation_order(store: SqliteTaskStore) -> No
     assert await store.list_with_status(()) == []
 
 
-async def test_pages_of_an_apps_tasks_by_creation_time(store: SqliteTaskStore) -> None:
+async def test_pages_of_an_apps_tasks_by_creation_time(store: AnyStore) -> None:
     # 12 tasks in two rooms, created 1 s apart; one more in another app.
     for n in range(12):
         room = "room-even" if n % 2 == 0 else "room-odd"
@@ -275,7 +302,8 @@ async def test_pages_of_an_apps_tasks_by_creation_time(store: SqliteTaskStore) -
     assert (nothing.total, nothing.records) == (0, [])
 
 
-async def test_the_page_queries_use_indexes(store: SqliteTaskStore, db_path: Path) -> None:
+async def test_the_page_queries_use_sqlite_indexes(db_path: Path) -> None:
+    await (await SqliteTaskStore.open(db_path)).close()
     with sqlite3.connect(db_path) as db:
         for sql, params in (
             (
@@ -298,7 +326,7 @@ async def test_the_page_queries_use_indexes(store: SqliteTaskStore, db_path: Pat
         assert "end_time_ms<?" in " ".join(str(row[-1]) for row in purge)
 
 
-async def test_purging_removes_only_tasks_ended_before_the_cutoff(store: SqliteTaskStore) -> None:
+async def test_purging_removes_only_tasks_ended_before_the_cutoff(store: AnyStore) -> None:
     old = relay_task("old").stopped(StopReason.API_STOP)
     recent = relay_task("recent").stopped(StopReason.API_STOP)
     active = relay_task("active").running()
@@ -330,7 +358,7 @@ CREATE INDEX relay_tasks_created ON relay_tasks (app_id, create_time_ms);
 """
 
 
-async def test_a_database_from_the_first_release_is_migrated_in_place(db_path: Path) -> None:
+async def test_a_sqlite_file_from_the_first_release_is_migrated_in_place(db_path: Path) -> None:
     running = relay_task("running", created_ms=2_000).running()
     ended = relay_task("ended", created_ms=1_000).stopped(StopReason.SOURCE_ENDED)
     db_path.parent.mkdir(parents=True)
@@ -375,7 +403,20 @@ async def test_a_database_from_the_first_release_is_migrated_in_place(db_path: P
         await reopened.close()
 
 
-async def test_the_document_is_kept_as_given(store: SqliteTaskStore) -> None:
+async def test_nodes_opening_a_new_database_together_migrate_it_once(
+    open_store: OpenStore,
+) -> None:
+    stores = await asyncio.gather(*(open_store() for _ in range(3)))
+    try:
+        assert [await s.schema_version() for s in stores] == [LATEST_VERSION] * 3
+        stored = await insert(stores[0], relay_task("task-1"))
+        assert [await s.get(APP, "room-1", "task-1") for s in stores] == [stored] * 3
+    finally:
+        for opened in stores:
+            await opened.close()
+
+
+async def test_the_document_is_kept_as_given(store: AnyStore) -> None:
     # The store does not interpret the document: any JSON object round-trips.
     record = TaskRecord(
         app_id=APP,
