@@ -19,3 +19,20 @@ def media_worker_pids(server_pid: int) -> set[int]:
         if ppid == server_pid and b"relaystream.media.worker" in cmdline:
             pids.add(int(entry.name))
     return pids
+
+
+def process_group_members(pgids: set[int]) -> set[int]:
+    """Live processes in any of the process groups ``pgids`` (a worker leads its own
+    group, so this finds a worker and whatever it started, even once reparented)."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # fields: state, ppid, pgrp, ...; a zombie is already gone for our purpose.
+        if fields[0] != "Z" and int(fields[2]) in pgids:
+            members.add(int(entry.name))
+    return members
