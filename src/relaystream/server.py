@@ -270,8 +270,11 @@ async def build_app(settings: ServerSettings) -> web.Application:
         log_event(logger, "shutting down", active_tasks=active, resume="on the next start")
         for job in background:
             job.cancel()
-        await asyncio.gather(demo_clip_made, *background, return_exceptions=True)
+        # The workers first: they are what a SIGTERM is waiting for. The demo clip is not
+        # waited for at all: its thread cannot be cancelled, took seconds on a busy first
+        # start, and writes the clip aside, renaming it only once whole.
         await supervisor.shutdown()
+        await asyncio.gather(*background, return_exceptions=True)
         sender.close()
         await whip.close_all()
         await whep.close_all()

@@ -44,3 +44,20 @@ def media_workers_by_marker(name: str) -> dict[int, str]:
             if variable.startswith(prefix):
                 found[int(entry.name)] = variable[len(prefix) :].decode()
     return found
+
+
+def process_group_members(pgids: set[int]) -> set[int]:
+    """Live processes in any of the process groups ``pgids`` (a worker leads its own
+    group, so this finds a worker and whatever it started, even once reparented)."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # fields: state, ppid, pgrp, ...; a zombie is already gone for our purpose.
+        if fields[0] != "Z" and int(fields[2]) in pgids:
+            members.add(int(entry.name))
+    return members
