@@ -30,13 +30,14 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import queue
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -78,14 +79,13 @@ def load_annexb(clip: Path) -> tuple[list[EncodedPacket], int]:
     with av.open(str(clip)) as container:
         stream = container.streams.video[0]
         remuxer = VideoRemuxer(stream)
-        origin_s: float | None = None
         for packet in container.demux(stream):
-            if packet.dts is None or packet.time_base is None:
-                continue
-            if origin_s is None:
-                origin_s = float(packet.dts * packet.time_base)
-            packets.extend(remuxer.process(packet, origin_s))
-        packets.extend(remuxer.process(None, origin_s or 0.0))
+            if packet.dts is not None:
+                packets.extend(remuxer.process(packet))
+        packets.extend(remuxer.finish())
+    # The worker stamps packets with the source's own clock: start the loop at 0.
+    origin = packets[0].pts
+    packets = [replace(packet, pts=packet.pts - origin) for packet in packets]
     frame_ticks = round(90_000 / CLIP.frame_rate)
     return packets, packets[-1].pts + frame_ticks
 
@@ -382,7 +382,9 @@ def ffmpeg_copy_pct(clip: Path, window_s: float) -> float:
     return 100 * usage.cpu_s / (time.monotonic() - started)
 
 
-def run_controller(window_s: float, counts: list[int], fresh_clip: bool) -> None:
+def run_controller(
+    window_s: float, counts: list[int], fresh_clip: bool, plot_path: Path | None
+) -> None:
     made_at = time.monotonic()
     clip, made = reference_clip(fresh=fresh_clip)
     how = f"made in {time.monotonic() - made_at:.0f} s" if made else "cached"
@@ -403,6 +405,7 @@ def run_controller(window_s: float, counts: list[int], fresh_clip: bool) -> None
                 f"~{CLIP_VIDEO_KBPS} kbit/s Annex B, video only, {hello['packets']} packets "
                 f"looped every {hello['clip_s']:.0f} s ({how}: {clip})"
             )
+            print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             print(
                 f"window {window_s:.0f} s per N after {SETTLE_S:.0f} s of settling; "
                 "CPU % = CPU seconds per wall second, 100 % = one core"
@@ -418,8 +421,34 @@ def run_controller(window_s: float, counts: list[int], fresh_clip: bool) -> None
         finally:
             sfu.close()
     reference_pct = ffmpeg_copy_pct(clip, window_s)
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
     print(report(rows, window_s, reference_pct))
+    if plot_path is not None:
+        plot(rows, reference_pct, plot_path)
+        print(f"plot: {plot_path}")
+
+
+def plot(rows: list[Row], reference_pct: float, path: Path) -> None:
+    """SFU CPU against the number of viewers, beside the same run's ffmpeg reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    viewers = [row.viewers for row in rows]
+    axes.plot(viewers, [row.sfu_pct for row in rows], marker="o", label="SFU process")
+    axes.axhline(reference_pct, color="grey", linestyle="--", label="ffmpeg -c:v copy (same run)")
+    axes.set_xlabel("viewers of one 720p30 H.264 publication")
+    axes.set_ylabel("CPU % of one core")
+    axes.set_xticks(viewers)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def report(rows: list[Row], window_s: float, reference_pct: float) -> str:
@@ -475,6 +504,7 @@ def main() -> None:
         help="comma-separated viewer counts (0,1,2,4,8,16)",
     )
     parser.add_argument("--fresh-clip", action="store_true", help="remake the cached clip")
+    parser.add_argument("--plot", type=Path, help="write a PNG (needs make bench-deps)")
     parser.add_argument("--role", choices=["controller", "sfu", "viewers"], default="controller")
     parser.add_argument("--clip", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -488,7 +518,7 @@ def main() -> None:
     else:
         counts = [int(n) for n in args.viewers.split(",")]
         exit_on_sigterm()
-        run_controller(args.seconds, counts, args.fresh_clip)
+        run_controller(args.seconds, counts, args.fresh_clip, args.plot)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def annexb_packets(clip: Path) -> tuple[list[EncodedPacket], int]:
         stream = container.streams.video[0]
         remuxer = VideoRemuxer(stream)
         for packet in container.demux(stream):
-            packets.extend(remuxer.process(packet, 0.0))
+            packets.extend(remuxer.process(packet))
     frame_ticks = packets[1].pts - packets[0].pts if len(packets) > 1 else 3000
     return packets, packets[-1].pts + frame_ticks
 
