@@ -20,7 +20,7 @@ increment over it, divided by N, is the cost of one viewer: packetization + SRTP
 RTCP, never an encode. The reference is measured in the same run: the ffmpeg CLI
 moving the same video in real time (``-re``, ``-c:v copy``, ``h264_mp4toannexb``, null
 muxer) for as long as one window; each viewer's cost is shown as a multiple of it.
-Takes about 1.5 minutes.
+Takes about 2 minutes.
 """
 
 from __future__ import annotations
