@@ -17,7 +17,10 @@ Three processes, all on 127.0.0.1:
 
 N = 0 is the baseline: pacing the publication and keeping its GOP cache, no viewer. The
 increment over it, divided by N, is the cost of one viewer: packetization + SRTP +
-RTCP, never an encode. Takes about 1.5 minutes.
+RTCP, never an encode. The reference is measured in the same run: the ffmpeg CLI
+moving the same video in real time (``-re``, ``-c:v copy``, ``h264_mp4toannexb``, null
+muxer) for as long as one window; each viewer's cost is shown as a multiple of it.
+Takes about 2 minutes.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import queue
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +50,7 @@ from bench.common import (
     CLIP_VIDEO_KBPS,
     cpu_seconds,
     exit_on_sigterm,
+    reap,
     reference_clip,
     stop,
     table,
@@ -60,12 +65,9 @@ APP_ID = "5f8a1c2b3d4e5f6a7b8c9d0e"
 APP_KEY = "0123456789abcdef0123456789abcdef"
 ROOM_ID = "bench"
 PUBLISHER_ID = "relay"
-VIEWER_COUNTS = (0, 1, 2, 4, 8)
+VIEWER_COUNTS = (0, 1, 2, 4, 8, 16)
 SETTLE_S = 2.0  # after the viewers receive video, before the window opens
 CONNECT_TIMEOUT_S = 30.0
-# DESIGN.md, "Reference costs" (2-core machine, 720p30 2.5 Mbit/s, one viewer).
-REF_FORWARD_PCT = 3.5  # aiortc forwarding H.264 packets, video only
-REF_REENCODE_PCT = 50.0  # aiortc decoding and re-encoding 720p30
 
 
 # --- the SFU process -------------------------------------------------------------------
@@ -77,14 +79,13 @@ def load_annexb(clip: Path) -> tuple[list[EncodedPacket], int]:
     with av.open(str(clip)) as container:
         stream = container.streams.video[0]
         remuxer = VideoRemuxer(stream)
-        origin_s: float | None = None
         for packet in container.demux(stream):
-            if packet.dts is None or packet.time_base is None:
-                continue
-            if origin_s is None:
-                origin_s = float(packet.dts * packet.time_base)
-            packets.extend(remuxer.process(packet, origin_s))
-        packets.extend(remuxer.process(None, origin_s or 0.0))
+            if packet.dts is not None:
+                packets.extend(remuxer.process(packet))
+        packets.extend(remuxer.finish())
+    # The worker stamps packets with the source's own clock: start the loop at 0.
+    origin = packets[0].pts
+    packets = [replace(packet, pts=packet.pts - origin) for packet in packets]
     frame_ticks = round(90_000 / CLIP.frame_rate)
     return packets, packets[-1].pts + frame_ticks
 
@@ -345,7 +346,45 @@ def wait_for_no_sessions(sfu: Child, timeout_s: float = 10.0) -> None:
         time.sleep(0.2)
 
 
-def run_controller(window_s: float, counts: list[int], fresh_clip: bool) -> None:
+def ffmpeg_copy_pct(clip: Path, window_s: float) -> float:
+    """CPU % of the ffmpeg CLI moving the clip's video in real time for one window.
+
+    The same media work as the publication without viewers (read H.264, Annex B, pace
+    at 30 fps), with no WebRTC: the floor a viewer's cost is set against.
+    """
+    command = [
+        "ffmpeg",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-re",
+        "-stream_loop",
+        "-1",
+        "-i",
+        str(clip),
+        "-t",
+        f"{window_s:.1f}",
+        "-map",
+        "0:v:0",
+        "-c:v",
+        "copy",
+        "-bsf:v",
+        "h264_mp4toannexb",
+        "-f",
+        "null",
+        "-",
+    ]
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    usage = reap(process, window_s + 30)
+    if usage.exit_code or usage.timed_out:
+        raise RuntimeError(f"ffmpeg reference failed: exit {usage.exit_code}")
+    return 100 * usage.cpu_s / (time.monotonic() - started)
+
+
+def run_controller(
+    window_s: float, counts: list[int], fresh_clip: bool, plot_path: Path | None
+) -> None:
     made_at = time.monotonic()
     clip, made = reference_clip(fresh=fresh_clip)
     how = f"made in {time.monotonic() - made_at:.0f} s" if made else "cached"
@@ -366,6 +405,7 @@ def run_controller(window_s: float, counts: list[int], fresh_clip: bool) -> None
                 f"~{CLIP_VIDEO_KBPS} kbit/s Annex B, video only, {hello['packets']} packets "
                 f"looped every {hello['clip_s']:.0f} s ({how}: {clip})"
             )
+            print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             print(
                 f"window {window_s:.0f} s per N after {SETTLE_S:.0f} s of settling; "
                 "CPU % = CPU seconds per wall second, 100 % = one core"
@@ -380,17 +420,44 @@ def run_controller(window_s: float, counts: list[int], fresh_clip: bool) -> None
             raise
         finally:
             sfu.close()
+    reference_pct = ffmpeg_copy_pct(clip, window_s)
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
-    print(report(rows, window_s))
+    print(report(rows, window_s, reference_pct))
+    if plot_path is not None:
+        plot(rows, reference_pct, plot_path)
+        print(f"plot: {plot_path}")
 
 
-def report(rows: list[Row], window_s: float) -> str:
+def plot(rows: list[Row], reference_pct: float, path: Path) -> None:
+    """SFU CPU against the number of viewers, beside the same run's ffmpeg reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    viewers = [row.viewers for row in rows]
+    axes.plot(viewers, [row.sfu_pct for row in rows], marker="o", label="SFU process")
+    axes.axhline(reference_pct, color="grey", linestyle="--", label="ffmpeg -c:v copy (same run)")
+    axes.set_xlabel("viewers of one 720p30 H.264 publication")
+    axes.set_ylabel("CPU % of one core")
+    axes.set_xticks(viewers)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def report(rows: list[Row], window_s: float, reference_pct: float) -> str:
     baseline = next((r.sfu_pct for r in rows if r.viewers == 0), 0.0)
     lines: list[list[str]] = []
     for row in rows:
         n = row.viewers
         if not n:
-            lines.append([str(n), f"{row.sfu_pct:.1f}", "+0.0", *["-"] * 6, "0.0"])
+            lines.append([str(n), f"{row.sfu_pct:.1f}", "+0.0", *["-"] * 5, "0.0"])
             lines[-1].append(f"{row.max_late_ms:.0f}")
             continue
         lines.append(
@@ -399,9 +466,8 @@ def report(rows: list[Row], window_s: float) -> str:
                 f"{row.sfu_pct:.1f}",
                 f"{row.sfu_pct - baseline:+.1f}",
                 f"{(row.sfu_pct - baseline) / n:.1f}",
-                f"{n * REF_FORWARD_PCT:.1f}",
-                f"{n * REF_REENCODE_PCT:.0f}",
-                f"{row.sfu_pct / (n * REF_REENCODE_PCT):.3f}",
+                f"{(row.sfu_pct - baseline) / n / reference_pct:.1f}x",
+                f"{row.sfu_pct / reference_pct:.1f}x",
                 f"{row.frames_min}..{row.frames_max}",
                 str(row.decoded),
                 f"{row.viewers_pct:.1f}",
@@ -413,19 +479,18 @@ def report(rows: list[Row], window_s: float) -> str:
         "SFU CPU %",
         "over N=0",
         "per viewer",
-        f"ref N x {REF_FORWARD_PCT} % fwd",
-        f"ref N x {REF_REENCODE_PCT:.0f} % encode",
-        "SFU / encode ref",
+        "per viewer / ffmpeg",
+        "SFU / ffmpeg",
         f"frames/viewer in {window_s:.0f} s",
         "decoded (viewer 1)",
         "viewers' proc CPU %",
         "feed max late ms",
     ]
     notes = (
-        "\n\nreferences (DESIGN.md, 2 cores, 720p30 2.5 Mbit/s, one viewer): aiortc forwarding "
-        f"H.264 packets ≈ {REF_FORWARD_PCT} % of a core; aiortc decoding and re-encoding "
-        f"≈ {REF_REENCODE_PCT:.0f} %.\n'ref N x ...' is that cost once per viewer: forwarding, "
-        "or an encode per viewer (frames through MediaRelay)."
+        "\n\nreference, measured in this run: the ffmpeg CLI moving the same video in real "
+        f"time (-re -c:v copy -bsf:v h264_mp4toannexb -f null) used {reference_pct:.1f} % of "
+        "a core.\n'per viewer / ffmpeg' is one viewer's cost as a multiple of it; 'SFU / "
+        "ffmpeg' the whole SFU process's."
     )
     return table(headers, lines) + notes
 
@@ -436,9 +501,10 @@ def main() -> None:
     parser.add_argument(
         "--viewers",
         default=",".join(map(str, VIEWER_COUNTS)),
-        help="comma-separated viewer counts (0,1,2,4,8)",
+        help="comma-separated viewer counts (0,1,2,4,8,16)",
     )
     parser.add_argument("--fresh-clip", action="store_true", help="remake the cached clip")
+    parser.add_argument("--plot", type=Path, help="write a PNG (needs make bench-deps)")
     parser.add_argument("--role", choices=["controller", "sfu", "viewers"], default="controller")
     parser.add_argument("--clip", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -452,7 +518,7 @@ def main() -> None:
     else:
         counts = [int(n) for n in args.viewers.split(",")]
         exit_on_sigterm()
-        run_controller(args.seconds, counts, args.fresh_clip)
+        run_controller(args.seconds, counts, args.fresh_clip, args.plot)
 
 
 if __name__ == "__main__":

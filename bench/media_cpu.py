@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from bench.common import (
     CLIP_VIDEO_KBPS,
     cpu_seconds,
     exit_on_sigterm,
+    peak_rss_mib,
     reap,
     reference_clip,
     stop,
@@ -114,8 +116,11 @@ def measure(command: list[str], stdin_data: bytes | None, *, is_worker: bool) ->
     try:
         assert process.stdin is not None
         if stdin_data:
-            process.stdin.write(stdin_data)
-        process.stdin.close()
+            # The worker runs until its stdin closes: the spec line now, EOF after the window.
+            process.stdin.write(stdin_data + b"\n")
+            process.stdin.flush()
+        else:
+            process.stdin.close()
         window_start, window_end = started + WARMUP_S, started + media_s - TAIL_S
         time.sleep(max(0.0, window_start - time.monotonic()))
         cpu_start, wall_start = cpu_seconds(process.pid), time.monotonic()
@@ -123,8 +128,13 @@ def measure(command: list[str], stdin_data: bytes | None, *, is_worker: bool) ->
         if process.poll() is not None:
             raise RuntimeError(f"{command[0]} exited before the end of the window")
         cpu_end, wall_end = cpu_seconds(process.pid), time.monotonic()
-        max_rss_mib = watch_peak_rss(process, timeout_s=30)
+        if is_worker:
+            max_rss_mib = peak_rss_mib(process.pid)
+            process.stdin.close()
+        else:
+            max_rss_mib = watch_peak_rss(process, timeout_s=30)
         usage = reap(process, timeout_s=30)
+        life_s = time.monotonic() - started
     finally:
         stop(process)
     for reader in readers:
@@ -141,7 +151,7 @@ def measure(command: list[str], stdin_data: bytes | None, *, is_worker: bool) ->
         note = "exit 0"
     return Measured(
         steady_cpu_pct=100 * (cpu_end - cpu_start) / (wall_end - wall_start),
-        whole_cpu_per_media_s=usage.cpu_s / media_s,
+        whole_cpu_per_media_s=usage.cpu_s / life_s,
         max_rss_mib=max_rss_mib,
         exit_code=usage.exit_code,
         note=note,
@@ -229,8 +239,10 @@ def main() -> None:
     print(
         f"CPU % = CPU seconds per wall second, 100 % = one core; steady window "
         f"{WARMUP_S:.0f}..{CLIP.duration_s - TAIL_S:.0f} s of each run; "
-        f"whole run = wait4 rusage / {CLIP.duration_s:.0f} s of media"
+        "whole run = wait4 rusage / the process's life (the worker is told to stop after "
+        "the window)"
     )
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     rows = []
     notes = []
     with static_http_server(clip.parent) as base_url:

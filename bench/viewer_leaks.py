@@ -57,7 +57,7 @@ def clip_packets(directory: Path) -> tuple[list[EncodedPacket], int]:
         stream = container.streams.video[0]
         remuxer = VideoRemuxer(stream)
         for packet in container.demux(stream):
-            packets.extend(remuxer.process(packet, 0.0))
+            packets.extend(remuxer.process(packet))
     return packets, round(CLIP.duration_s * 90_000)
 
 
