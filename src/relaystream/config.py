@@ -35,6 +35,13 @@ class AccessKeyConfig(_Strict):
     apps: tuple[str, ...] = ()
 
 
+class WhipConfig(_Strict):
+    """An app's relays published to a WHIP endpoint instead of the embedded SFU."""
+
+    url_template: Annotated[str, Field(pattern=r"^https?://")]
+    bearer_token: Annotated[str, Field(repr=False)] = ""
+
+
 class AppConfig(_Strict):
     app_id: Annotated[str, Field(min_length=APP_ID_LENGTH, max_length=APP_ID_LENGTH)]
     app_key: Annotated[str, Field(min_length=1, repr=False)]
@@ -43,6 +50,7 @@ class AppConfig(_Strict):
     qps_limit: Annotated[int, Field(gt=0)] = 150
     # Running tasks of this AppId on one node; [tasks] max_running_per_app when unset.
     max_running_tasks: Annotated[int | None, Field(gt=0)] = None
+    whip: WhipConfig | None = None
 
 
 class SourcesConfig(_Strict):

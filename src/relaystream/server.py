@@ -23,12 +23,13 @@ from relaystream.netpolicy import AddressPolicy
 from relaystream.rtc.ice import IceAddresses
 from relaystream.rtc.ice_servers import IceServer
 from relaystream.rtc.offer_bounds import OfferBounds
-from relaystream.rtc.publisher import EmbeddedRoomConnector
+from relaystream.rtc.publisher import EmbeddedRoomConnector, PerAppRoomConnector, RoomConnector
 from relaystream.rtc.room import RoomRegistry
 from relaystream.rtc.session_caps import SessionCaps, SessionLimits
 from relaystream.rtc.signaling import SignalingSettings, cors
 from relaystream.rtc.whep import WhepEndpoint
 from relaystream.rtc.whip import WhipEndpoint
+from relaystream.rtc.whip_publisher import WhipRoomConnector, WhipTarget
 from relaystream.startup import open_task_store, prepare_data_dir
 from relaystream.tasks.limits import RunningSlots
 from relaystream.tasks.retention import RetentionJob
@@ -109,7 +110,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
     slots = RunningSlots(per_node=config.tasks.max_running_per_node, per_app=config.max_running_for)
     supervisor = TaskSupervisor(
         store,
-        EmbeddedRoomConnector(rooms, config.app_key_for),
+        room_connector(config, rooms),
         policy,
         slots,
         RunSettings(lifetime_s=config.tasks.lifetime_s),
@@ -207,6 +208,19 @@ async def build_app(settings: ServerSettings) -> web.Application:
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+def room_connector(config: Config, rooms: RoomRegistry) -> RoomConnector:
+    """Each app's room server: the embedded SFU unless its config names another."""
+    ice = IceAddresses(local=config.rtc.ice_addresses)
+    per_app: dict[str, RoomConnector] = {
+        app.app_id: WhipRoomConnector(
+            WhipTarget(app.whip.url_template, app.whip.bearer_token), config.app_key_for, ice
+        )
+        for app in config.apps
+        if app.whip is not None
+    }
+    return PerAppRoomConnector(EmbeddedRoomConnector(rooms, config.app_key_for), per_app)
 
 
 def task_samples(supervisor: TaskSupervisor, rooms: RoomRegistry) -> list[TaskSample]:
