@@ -10,6 +10,7 @@ import ipaddress
 import secrets
 import string
 import tomllib
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,18 @@ class AccessKeyConfig(_Strict):
     apps: tuple[str, ...] = ()
 
 
+class RoomServer(StrEnum):
+    """Where an app's rooms live."""
+
+    EMBEDDED = "embedded"
+    JANUS = "janus"
+
+
+class JanusConfig(_Strict):
+    # Janus's HTTP API, e.g. "http://127.0.0.1:8088/janus".
+    url: Annotated[str, Field(pattern=r"^https?://")]
+
+
 class WhipConfig(_Strict):
     """An app's relays published to a WHIP endpoint instead of the embedded SFU."""
 
@@ -50,6 +63,7 @@ class AppConfig(_Strict):
     qps_limit: Annotated[int, Field(gt=0)] = 150
     # Running tasks of this AppId on one node; [tasks] max_running_per_app when unset.
     max_running_tasks: Annotated[int | None, Field(gt=0)] = None
+    room_server: RoomServer = RoomServer.EMBEDDED
     whip: WhipConfig | None = None
 
 
@@ -140,6 +154,7 @@ class Config(_Strict):
     rtc: RtcConfig = RtcConfig()
     metrics: MetricsConfig = MetricsConfig()
     server: ServerConfig = ServerConfig()
+    janus: JanusConfig | None = None
 
     @model_validator(mode="after")
     def _apps_exist(self) -> Config:
@@ -148,6 +163,11 @@ class Config(_Strict):
             for app_id in key.apps:
                 if app_id not in known:
                     raise ValueError(f"access key {key.id!r} names app {app_id!r}, not in [[apps]]")
+        for app in self.apps:
+            if app.room_server is RoomServer.JANUS and self.janus is None:
+                raise ValueError(f'app {app.app_id!r} has room_server = "janus" but no [janus]')
+            if app.room_server is RoomServer.JANUS and app.whip is not None:
+                raise ValueError(f'app {app.app_id!r}: room_server = "janus" and [apps.whip]')
         return self
 
     def secret_for(self, access_key_id: str) -> str | None:

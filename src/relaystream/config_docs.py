@@ -52,6 +52,12 @@ DESCRIPTIONS: dict[str, str] = {
     "tasks.max_running_per_node": "Tasks holding a media worker on one node (scheduled ones "
     "do not count).",
     "tasks.max_running_per_app": "The same, per AppId, unless the app sets its own.",
+    "apps.room_server": "Where this AppId's rooms live: `embedded` (this server's SFU) or "
+    "`janus` (the Janus VideoRoom of `[janus]`). `[apps.whip]` overrides both.",
+    "janus": "A Janus server (VideoRoom plugin, HTTP API) hosting the rooms of apps with "
+    '`room_server = "janus"`.',
+    "janus.url": "Janus's HTTP API, e.g. `http://127.0.0.1:8088/janus`; relaystream creates "
+    "rooms there, and the room page talks to it directly.",
     "apps.whip": "Publish this AppId's relays to a WHIP endpoint (another relaystream "
     "node, MediaMTX, LiveKit's WHIP ingress, a CDN) instead of the embedded SFU.",
     "apps.whip.url_template": "The endpoint's URL; `{app_id}`, `{room_id}` and `{user_id}` "

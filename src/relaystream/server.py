@@ -14,7 +14,7 @@ from relaystream.api.access_log import RedactingAccessLogger
 from relaystream.api.actions import Actions
 from relaystream.api.app import OpenApiEndpoint
 from relaystream.api.parser_errors import answer_parser_errors_with_envelopes
-from relaystream.config import Config, RtcConfig
+from relaystream.config import Config, RoomServer, RtcConfig
 from relaystream.logs import log_event
 from relaystream.media.source import ALLOW_PRIVATE_SETTING
 from relaystream.media.testsrc import ClipSpec, make_test_clip
@@ -22,6 +22,7 @@ from relaystream.metrics import MetricsEndpoint, TaskSample
 from relaystream.netpolicy import AddressPolicy
 from relaystream.rtc.ice import IceAddresses
 from relaystream.rtc.ice_servers import IceServer
+from relaystream.rtc.janus import JanusRoomConnector
 from relaystream.rtc.offer_bounds import OfferBounds
 from relaystream.rtc.publisher import EmbeddedRoomConnector, PerAppRoomConnector, RoomConnector
 from relaystream.rtc.room import RoomRegistry
@@ -213,13 +214,13 @@ async def build_app(settings: ServerSettings) -> web.Application:
 def room_connector(config: Config, rooms: RoomRegistry) -> RoomConnector:
     """Each app's room server: the embedded SFU unless its config names another."""
     ice = IceAddresses(local=config.rtc.ice_addresses)
-    per_app: dict[str, RoomConnector] = {
-        app.app_id: WhipRoomConnector(
-            WhipTarget(app.whip.url_template, app.whip.bearer_token), config.app_key_for, ice
-        )
-        for app in config.apps
-        if app.whip is not None
-    }
+    per_app: dict[str, RoomConnector] = {}
+    for app in config.apps:
+        if app.whip is not None:
+            target = WhipTarget(app.whip.url_template, app.whip.bearer_token)
+            per_app[app.app_id] = WhipRoomConnector(target, config.app_key_for, ice)
+        elif app.room_server is RoomServer.JANUS and config.janus is not None:
+            per_app[app.app_id] = JanusRoomConnector(config.janus.url, config.app_key_for, ice)
     return PerAppRoomConnector(EmbeddedRoomConnector(rooms, config.app_key_for), per_app)
 
 

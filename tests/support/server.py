@@ -109,11 +109,16 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 def write_config(
-    path: Path, *, allow_private: bool = True, extra: str = "", tasks_toml: str = ""
+    path: Path,
+    *,
+    allow_private: bool = True,
+    extra: str = "",
+    tasks_toml: str = "",
+    second_app: str = "",
 ) -> Path:
     """The test config; ``tasks_toml`` is the body of its [tasks] section, ``extra`` TOML
     placed right after ``[sources] allow_private`` (lines before any table header belong
-    to ``[sources]``)."""
+    to ``[sources]``), ``second_app`` more keys of SECOND_APP_ID's ``[[apps]]`` entry."""
     tasks_section = f"[tasks]\n{tasks_toml}" if tasks_toml else ""
     path.write_text(
         f"""
@@ -145,6 +150,7 @@ qps_limit = {LIMITED_APP_QPS}
 [[apps]]
 app_id = "{SECOND_APP_ID}"
 app_key = "{SECOND_APP_KEY}"
+{second_app}
 
 [sources]
 allow_private = {"true" if allow_private else "false"}
@@ -165,6 +171,7 @@ def start_server(
     serve_args: tuple[str, ...] = (),
     port: int | None = None,
     tls: ssl.SSLContext | None = None,
+    second_app: str = "",
 ) -> RelayServer:
     """A server on a free port (or ``port``: a restart on the same data dir and port);
     ``serve_args`` are more options of ``relaystream serve``; with ``--tls-cert`` among
@@ -175,6 +182,7 @@ def start_server(
         allow_private=allow_private,
         extra=extra_config,
         tasks_toml=tasks_toml,
+        second_app=second_app,
     )
     port = port or free_port()
     log_path = workdir / "server.log"
