@@ -70,3 +70,18 @@ def test_sources_settings_are_read() -> None:
 def test_a_hosts_entry_must_be_an_address() -> None:
     with pytest.raises(ConfigError, match=r"hosts\.cdn\.internal: 'cdn\.example' is not an IP"):
         parse_config({"sources": {"hosts": {"cdn.internal": "cdn.example"}}}, "test.toml")
+
+
+def test_an_app_on_janus_needs_a_janus_section() -> None:
+    app = {"app_id": APP, "app_key": "k", "room_server": "janus"}
+    with pytest.raises(ConfigError, match=r"room_server = \"janus\" but no \[janus\]"):
+        parse_config({"apps": [app]}, "test")
+
+    config = parse_config({"apps": [app], "janus": {"url": "http://127.0.0.1:8088/janus"}}, "t")
+    assert config.janus is not None and config.janus.url.endswith("/janus")
+
+
+def test_a_whip_target_must_be_an_http_url() -> None:
+    app = {"app_id": APP, "app_key": "k", "whip": {"url_template": "ftp://x/{room_id}"}}
+    with pytest.raises(ConfigError, match=r"apps\.0\.whip\.url_template"):
+        parse_config({"apps": [app]}, "test")

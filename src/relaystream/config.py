@@ -10,6 +10,7 @@ import ipaddress
 import secrets
 import string
 import tomllib
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,25 @@ class AccessKeyConfig(_Strict):
     apps: tuple[str, ...] = ()
 
 
+class RoomServer(StrEnum):
+    """Where an app's rooms live."""
+
+    EMBEDDED = "embedded"
+    JANUS = "janus"
+
+
+class JanusConfig(_Strict):
+    # Janus's HTTP API, e.g. "http://127.0.0.1:8088/janus".
+    url: Annotated[str, Field(pattern=r"^https?://")]
+
+
+class WhipConfig(_Strict):
+    """An app's relays published to a WHIP endpoint instead of the embedded SFU."""
+
+    url_template: Annotated[str, Field(pattern=r"^https?://")]
+    bearer_token: Annotated[str, Field(repr=False)] = ""
+
+
 class AppConfig(_Strict):
     app_id: Annotated[str, Field(min_length=APP_ID_LENGTH, max_length=APP_ID_LENGTH)]
     app_key: Annotated[str, Field(min_length=1, repr=False)]
@@ -46,6 +66,8 @@ class AppConfig(_Strict):
     # https and rtmps sources must present a certificate the system trusts; an app that
     # pulls from servers with self-signed certificates may turn this off.
     tls_verify: bool = True
+    room_server: RoomServer = RoomServer.EMBEDDED
+    whip: WhipConfig | None = None
 
 
 class SourcesConfig(_Strict):
@@ -191,6 +213,7 @@ class Config(_Strict):
     media: MediaConfig = MediaConfig()
     metrics: MetricsConfig = MetricsConfig()
     server: ServerConfig = ServerConfig()
+    janus: JanusConfig | None = None
 
     @model_validator(mode="after")
     def _apps_exist(self) -> Config:
@@ -199,6 +222,11 @@ class Config(_Strict):
             for app_id in key.apps:
                 if app_id not in known:
                     raise ValueError(f"access key {key.id!r} names app {app_id!r}, not in [[apps]]")
+        for app in self.apps:
+            if app.room_server is RoomServer.JANUS and self.janus is None:
+                raise ValueError(f'app {app.app_id!r} has room_server = "janus" but no [janus]')
+            if app.room_server is RoomServer.JANUS and app.whip is not None:
+                raise ValueError(f'app {app.app_id!r}: room_server = "janus" and [apps.whip]')
         return self
 
     def secret_for(self, access_key_id: str) -> str | None:

@@ -79,6 +79,18 @@ DESCRIPTIONS: dict[str, str] = {
     "workers stop themselves a second before it ends.",
     "node.renew_s": "How often leases are renewed (at most half of `lease_s`); a dead "
     "node's tasks move within about `lease_s + renew_s`.",
+    "apps.room_server": "Where this AppId's rooms live: `embedded` (this server's SFU) or "
+    "`janus` (the Janus VideoRoom of `[janus]`). `[apps.whip]` overrides both.",
+    "janus": "A Janus server (VideoRoom plugin, HTTP API) hosting the rooms of apps with "
+    '`room_server = "janus"`.',
+    "janus.url": "Janus's HTTP API, e.g. `http://127.0.0.1:8088/janus`; relaystream creates "
+    "rooms there, and the room page talks to it directly.",
+    "apps.whip": "Publish this AppId's relays to a WHIP endpoint (another relaystream "
+    "node, MediaMTX, LiveKit's WHIP ingress, a CDN) instead of the embedded SFU.",
+    "apps.whip.url_template": "The endpoint's URL; `{app_id}`, `{room_id}` and `{user_id}` "
+    "are replaced by the task's (percent-encoded).",
+    "apps.whip.bearer_token": "Sent as `Authorization: Bearer` with the offer and the "
+    "DELETE that ends the session.",
     "rtc": "The embedded SFU.",
     "rtc.ice_addresses": "Local addresses the SFU binds its ICE (media) sockets on; "
     'loopback by default, since the server listens on 127.0.0.1 unless told otherwise. "0.0.0.0" '
@@ -129,14 +141,20 @@ class UndescribedKey(Exception):
 
 
 def render() -> str:
-    sections = [_HEADER, _table(Config, "", "Top-level keys")]
-    for name, field in Config.model_fields.items():
-        model, repeated = _submodel(field.annotation)
-        if model is not None:
-            title = f"`[[{name}]]`" if repeated else f"`[{name}]`"
-            intro = _describe(name)
-            sections.append(_table(model, f"{name}.", title, intro))
-    return "\n".join(sections)
+    return "\n".join([_HEADER, _table(Config, "", "Top-level keys"), *_sections(Config, "")])
+
+
+def _sections(model: type[BaseModel], prefix: str) -> list[str]:
+    """A table for each section of ``model``, then for the sections inside it."""
+    sections = []
+    for name, field in model.model_fields.items():
+        submodel, repeated = _submodel(field.annotation)
+        if submodel is not None:
+            key = prefix + name
+            title = f"`[[{key}]]`" if repeated else f"`[{key}]`"
+            sections.append(_table(submodel, f"{key}.", title, _describe(key)))
+            sections.extend(_sections(submodel, f"{key}."))
+    return sections
 
 
 def _table(model: type[BaseModel], prefix: str, title: str, intro: str = "") -> str:
@@ -176,6 +194,10 @@ def _submodel(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """(the model a field holds, whether it holds a tuple of them)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, False
+    if get_origin(annotation) in (Union, types.UnionType):  # an optional section
+        models = [a for a in get_args(annotation) if a is not type(None)]
+        if len(models) == 1:
+            return _submodel(models[0])
     if get_origin(annotation) is tuple:
         inner = get_args(annotation)[0]
         if isinstance(inner, type) and issubclass(inner, BaseModel):

@@ -18,7 +18,7 @@ from relaystream.callbacks.delivery import CallbackDelivery, CallbackTarget, Del
 from relaystream.callbacks.operators import CallbackDeliveries
 from relaystream.callbacks.outbox import CallbackOutbox
 from relaystream.callbacks.sender import HttpCallbackSender
-from relaystream.config import Config, RtcConfig
+from relaystream.config import Config, RoomServer, RtcConfig
 from relaystream.logs import log_event
 from relaystream.media.source import ALLOW_PRIVATE_SETTING
 from relaystream.media.testsrc import ClipSpec, make_test_clip
@@ -26,13 +26,15 @@ from relaystream.metrics import MetricsEndpoint, TaskSample
 from relaystream.netpolicy import AddressPolicy
 from relaystream.rtc.ice import IceAddresses
 from relaystream.rtc.ice_servers import IceServer
+from relaystream.rtc.janus import JanusRoomConnector
 from relaystream.rtc.offer_bounds import OfferBounds
-from relaystream.rtc.publisher import EmbeddedRoomConnector
+from relaystream.rtc.publisher import EmbeddedRoomConnector, PerAppRoomConnector, RoomConnector
 from relaystream.rtc.room import RoomRegistry
 from relaystream.rtc.session_caps import SessionCaps, SessionLimits
 from relaystream.rtc.signaling import SignalingSettings, cors
 from relaystream.rtc.whep import WhepEndpoint
 from relaystream.rtc.whip import WhipEndpoint
+from relaystream.rtc.whip_publisher import WhipRoomConnector, WhipTarget
 from relaystream.startup import node_id, open_task_store, prepare_data_dir
 from relaystream.store import TaskStore
 from relaystream.tasks.limits import RunningSlots
@@ -155,7 +157,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
     outbox = CallbackOutbox(config.has_callbacks)
     supervisor = TaskSupervisor(
         store,
-        EmbeddedRoomConnector(rooms, config.app_key_for),
+        room_connector(config, rooms),
         policy,
         slots,
         RunSettings(lifetime_s=config.tasks.lifetime_s),
@@ -285,6 +287,19 @@ async def build_app(settings: ServerSettings) -> web.Application:
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+def room_connector(config: Config, rooms: RoomRegistry) -> RoomConnector:
+    """Each app's room server: the embedded SFU unless its config names another."""
+    ice = IceAddresses(local=config.rtc.ice_addresses)
+    per_app: dict[str, RoomConnector] = {}
+    for app in config.apps:
+        if app.whip is not None:
+            target = WhipTarget(app.whip.url_template, app.whip.bearer_token)
+            per_app[app.app_id] = WhipRoomConnector(target, config.app_key_for, ice)
+        elif app.room_server is RoomServer.JANUS and config.janus is not None:
+            per_app[app.app_id] = JanusRoomConnector(config.janus.url, config.app_key_for, ice)
+    return PerAppRoomConnector(EmbeddedRoomConnector(rooms, config.app_key_for), per_app)
 
 
 def task_samples(supervisor: TaskSupervisor, rooms: RoomRegistry) -> list[TaskSample]:

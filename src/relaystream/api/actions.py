@@ -275,6 +275,8 @@ def stats_to_wire(stats: RunStats) -> dict[str, Any]:
         "ReconnectCount": stats.reconnects,
         "LastError": stats.last_error,
         "WorkerCpuSeconds": round(stats.worker_cpu_s, 3),
+        # Where it publishes and whether that link is up (an external SFU can go away).
+        "Room": {"Target": stats.room_target, "Healthy": stats.room_link_healthy},
     }
     if stats.progress is not None:
         # Where a VOD is (a restart resumes near it) and how often it has looped.

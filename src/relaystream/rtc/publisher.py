@@ -6,6 +6,7 @@ endpoint) implements the same two protocols.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -36,6 +37,21 @@ class RoomPublisher(Protocol):
         for the source's next."""
         ...
 
+    @property
+    def target(self) -> str:
+        """Where it publishes, for the task's stats (never holds a secret)."""
+        ...
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the link to the room server is up now."""
+        ...
+
+    async def link_lost(self) -> str:
+        """Return (with what happened) when the link to the room server is lost for
+        good; the run then leaves and joins again, as it reconnects a source."""
+        ...
+
     async def leave(self) -> None: ...
 
 
@@ -63,9 +79,50 @@ _PRIVILEGE_FOR_KIND = {
 }
 
 
+def check_publish_token(
+    app_key_for: AppKeyLookup,
+    *,
+    app_id: str,
+    room_id: str,
+    user_id: str,
+    token: str,
+    sends: frozenset[TrackKind],
+    check_expiry: bool,
+) -> None:
+    """What a real room checks before it lets a publisher in; JoinRefused if refused."""
+    app_key = app_key_for(app_id)
+    if app_key is None:
+        raise JoinRefused(f"unknown AppId {app_id!r}", token_invalid=True)
+    try:
+        for kind in sends:
+            verify_token(
+                token,
+                app_id=app_id,
+                app_key=app_key,
+                room_id=room_id,
+                user_id=user_id,
+                privilege=_PRIVILEGE_FOR_KIND[kind],
+                check_expiry=check_expiry,
+            )
+    except TokenError as exc:
+        raise JoinRefused(str(exc), token_invalid=True) from exc
+
+
 class EmbeddedPublisher:
     def __init__(self, publication: Publication) -> None:
         self._publication = publication
+
+    @property
+    def target(self) -> str:
+        return "embedded"
+
+    @property
+    def healthy(self) -> bool:
+        return not self._publication.ended
+
+    async def link_lost(self) -> str:
+        await asyncio.Future()  # in-process: there is no link to lose
+        return ""
 
     def send(self, kind: TrackKind, packet: av.Packet[Any]) -> None:
         self._publication.send(kind, packet)
@@ -94,24 +151,46 @@ class EmbeddedRoomConnector:
         sends: frozenset[TrackKind],
         check_expiry: bool = True,
     ) -> RoomPublisher:
-        app_key = self._app_key_for(app_id)
-        if app_key is None:
-            raise JoinRefused(f"unknown AppId {app_id!r}", token_invalid=True)
-        try:
-            for kind in sends:
-                verify_token(
-                    token,
-                    app_id=app_id,
-                    app_key=app_key,
-                    room_id=room_id,
-                    user_id=user_id,
-                    privilege=_PRIVILEGE_FOR_KIND[kind],
-                    check_expiry=check_expiry,
-                )
-        except TokenError as exc:
-            raise JoinRefused(str(exc), token_invalid=True) from exc
+        check_publish_token(
+            self._app_key_for,
+            app_id=app_id,
+            room_id=room_id,
+            user_id=user_id,
+            token=token,
+            sends=sends,
+            check_expiry=check_expiry,
+        )
         try:
             publication = self._rooms.publish(app_id, room_id, user_id, frozenset(TrackKind))
         except UserAlreadyPublishing as exc:
             raise JoinRefused(str(exc), token_invalid=False) from exc
         return EmbeddedPublisher(publication)
+
+
+class PerAppRoomConnector:
+    """Joins each app's rooms through the connector its config chose (``default`` for
+    apps that chose none: the embedded SFU)."""
+
+    def __init__(self, default: RoomConnector, per_app: dict[str, RoomConnector]) -> None:
+        self._default = default
+        self._per_app = per_app
+
+    async def join(
+        self,
+        *,
+        app_id: str,
+        room_id: str,
+        user_id: str,
+        token: str,
+        sends: frozenset[TrackKind],
+        check_expiry: bool = True,
+    ) -> RoomPublisher:
+        connector = self._per_app.get(app_id, self._default)
+        return await connector.join(
+            app_id=app_id,
+            room_id=room_id,
+            user_id=user_id,
+            token=token,
+            sends=sends,
+            check_expiry=check_expiry,
+        )

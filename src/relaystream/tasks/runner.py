@@ -40,6 +40,7 @@ from relaystream.rtc.publisher import JoinRefused, RoomConnector, RoomPublisher
 from relaystream.rtc.room import TrackKind
 from relaystream.tasks.control import pipeline_fields
 from relaystream.tasks.model import RelayTask, StopReason
+from relaystream.tasks.room_link import RoomLink
 from relaystream.tasks.timeline import RoomTimeline
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ class RunStats:
     last_error: str = ""
     worker_cpu_s: float = 0.0
     worker_memory_bytes: int = 0
+    # Where the task publishes ("embedded", or the external SFU's URL) and whether that
+    # link is up now.
+    room_target: str = ""
+    room_link_healthy: bool = False
 
     def count(self, packet: EncodedPacket) -> None:
         if self.first_packet_at is None:
@@ -186,6 +191,7 @@ class RelayRun:
         self._timeline = RoomTimeline(clock)
         self._log = {"task": str(task.key), "user": task.user_id}
         self._worker: MediaWorker | None = None
+        self._link: RoomLink | None = None
         self._switching = False
         self._flowing = False
         self._last_media_at = clock()
@@ -210,6 +216,9 @@ class RelayRun:
         if self._worker is not None:
             self.stats.worker_cpu_s = self._worker.cpu_seconds()
             self.stats.worker_memory_bytes = self._worker.memory_bytes()
+        if self._link is not None:
+            self.stats.room_target = self._link.target
+            self.stats.room_link_healthy = self._link.healthy
         return self.stats
 
     @property
@@ -237,26 +246,52 @@ class RelayRun:
         if not await self._wait_for_start_time():
             return RunOutcome(StopReason.EXPIRED, "the task's lifetime ended before it started")
         try:
-            publisher = await self._connector.join(
-                app_id=self.task.key.app_id,
-                room_id=self.task.key.room_id,
-                user_id=self.task.user_id,
-                token=self.task.token,
-                sends=_sent_kinds(self.task),
-                # Admitted once (at Start, or at its scheduled start): a rejoin after a
-                # restart must not fail because the token has expired since.
-                check_expiry=self.task.start_time_ms == 0,
-            )
+            publisher = await self._join(check_expiry=self.task.start_time_ms == 0)
         except JoinRefused as exc:
             reason = StopReason.TOKEN_INVALID if exc.token_invalid else StopReason.SOURCE_ERROR
             return RunOutcome(reason, exc.reason)
+        link = self._link = RoomLink(
+            publisher,
+            # A rejoin after a lost link is no new admission: the token's expiry stays
+            # unchecked, as after a restart.
+            lambda: self._join(check_expiry=False),
+            sleep=self._sleep,
+            backoff_initial_s=self._settings.reconnect_initial_s,
+            backoff_max_s=self._settings.reconnect_max_s,
+        )
         # A viewer's PLI/FIR (rate limited by the room) asks the current worker for a
         # keyframe; a remux worker cannot make one and ignores it.
-        publisher.on_keyframe_request(self._request_keyframe)
+        link.on_keyframe_request(self._request_keyframe)
         try:
-            return await self._race(self._relay(publisher), self._watch_timers())
+            return await self._race(
+                self._relay(link), self._watch_timers(), self._watch_room_link(link)
+            )
         finally:
-            await publisher.leave()
+            await link.leave()
+
+    async def _join(self, *, check_expiry: bool) -> RoomPublisher:
+        return await self._connector.join(
+            app_id=self.task.key.app_id,
+            room_id=self.task.key.room_id,
+            user_id=self.task.user_id,
+            token=self.task.token,
+            sends=_sent_kinds(self.task),
+            # Admitted once (at Start, or at its scheduled start): a rejoin after a
+            # restart must not fail because the token has expired since.
+            check_expiry=check_expiry,
+        )
+
+    async def _watch_room_link(self, link: RoomLink) -> RunOutcome:
+        """Ends the run only when the room refuses to take the task back."""
+
+        async def lost(detail: str) -> None:
+            self.stats.last_error = detail
+            if self._flowing:
+                self._flowing = False
+                await self._hooks.reconnecting(detail)
+
+        refused = await link.keep_joined(lost)
+        return RunOutcome(StopReason.TOKEN_INVALID, refused.reason)
 
     def _request_keyframe(self) -> None:
         if self._worker is not None:
@@ -297,7 +332,7 @@ class RelayRun:
                 return RunOutcome(StopReason.IDLE_TIMEOUT, detail)
             await self._sleep(self._settings.timer_tick_s)
 
-    async def _relay(self, publisher: RoomPublisher) -> RunOutcome:
+    async def _relay(self, publisher: RoomLink) -> RunOutcome:
         """Run workers one after another until one ends the task."""
         settings = self._settings
         backoff_s = settings.reconnect_initial_s
@@ -327,7 +362,7 @@ class RelayRun:
             backoff_s = min(backoff_s * 2, settings.reconnect_max_s)
 
     async def _run_one_worker(
-        self, publisher: RoomPublisher
+        self, publisher: RoomLink
     ) -> tuple[SourceEnded | SourceFailed | WorkerCrashed, bool]:
         """Run a worker to its end: (its final message, whether media flowed)."""
         live = self.stats.opened is not None and self.stats.opened.live
@@ -356,7 +391,7 @@ class RelayRun:
             self._worker = None
             await worker.stop()
 
-    async def _forward(self, publisher: RoomPublisher, packet: EncodedPacket) -> bool:
+    async def _forward(self, publisher: RoomLink, packet: EncodedPacket) -> bool:
         rebased = self._timeline.rebase(packet)
         if rebased is None:
             return False
