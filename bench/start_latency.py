@@ -89,7 +89,8 @@ class StartClient:
                     privileges=[Privilege.PUBLISH_STREAM],
                 ),
                 "Control": {
-                    "StreamUrl": "http://127.0.0.1:9/never.flv",
+                    # Scheduled a day ahead: never fetched (.invalid never resolves anyway).
+                    "StreamUrl": "http://source.invalid/never.flv",
                     "StreamMode": 1,
                     "StartTimeStamp": LATER,
                 },
