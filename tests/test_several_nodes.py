@@ -55,6 +55,8 @@ def clip_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root: Path = tmp_path_factory.mktemp("nodes-media")
     spec = ClipSpec(width=160, height=90, frame_rate=10, keyframe_interval_s=1.0)
     make_test_clip(root / "long.mp4", replace(spec, duration_s=60.0))
+    # A source to switch to, told apart by its size.
+    make_test_clip(root / "wide.mp4", replace(spec, width=320, height=180, duration_s=20.0))
     with static_http_server(root) as base_url:
         yield f"{base_url}/long.mp4"
 
@@ -241,6 +243,85 @@ async def test_starts_through_any_node_spread_and_viewers_reach_them_through_any
         for room, through in rooms.items():
             await call(cluster.rtc(through), "StopRelayStream", task_key(room, "t"))
         await wait_until(lambda: not cluster.workers(), 10, "all workers gone")
+
+
+async def first_answer(method: str, url: str, token: str = "") -> tuple[int, str, str]:
+    """(status, Location, the start of the body) of one request to a room route."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if method == "POST":
+        headers["Content-Type"] = "application/sdp"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method,
+            url,
+            data="v=0\r\n" if method == "POST" else None,
+            headers=headers,
+            allow_redirects=False,
+        ) as response,
+    ):
+        # An event stream stays open: its first event is all a visitor needs.
+        body = await asyncio.wait_for(response.content.read(2048), 10)
+        return response.status, response.headers.get("Location", ""), body.decode(errors="replace")
+
+
+async def test_whip_and_the_room_page_on_another_node_redirect_to_the_rooms_node(
+    cluster: Cluster, clip_url: str
+) -> None:
+    owner = await run_one_task(cluster, "node-a", "hosted", clip_url)
+    owner_url = cluster.nodes[owner].base_url
+    try:
+        for name in NODE_NAMES:
+            server = cluster.nodes[name]
+            routes = [
+                ("POST", f"/whip/{APP_ID}/hosted/guest", server.publish_token("hosted", "guest")),
+                ("GET", f"/rooms/{APP_ID}/hosted", ""),
+                ("GET", f"/rooms/{APP_ID}/hosted/events", server.subscribe_token("hosted")),
+            ]
+            for method, path, token in routes:
+                status, location, body = await first_answer(method, server.base_url + path, token)
+                if name != owner:
+                    assert (status, location) == (307, owner_url + path), (name, path)
+                    # Followed (by hand: the token goes along to the owner's origin).
+                    status, _, body = await first_answer(method, location, token)
+                # The owner answers (WHIP: it tried to answer the bad offer).
+                assert status == (400 if method == "POST" else 200), (name, path, body)
+                if path.endswith("/events"):  # the page sees the room's publisher
+                    assert "snapshot" in body and '"t"' in body, (name, body)
+    finally:
+        await call(cluster.rtc("node-a"), "StopRelayStream", task_key("hosted", "t"))
+        await wait_until(lambda: not cluster.workers(), 10, "the worker gone")
+
+
+async def test_an_update_through_another_node_switches_the_owners_worker(
+    cluster: Cluster, clip_url: str
+) -> None:
+    owner = await run_one_task(cluster, "node-a", "switched", clip_url)
+    other = next(name for name in NODE_NAMES if name != owner)
+    server = cluster.nodes[owner]
+    viewer = WhepViewer(
+        f"{server.base_url}/whep/{APP_ID}/switched/t", server.subscribe_token("switched")
+    )
+    await viewer.connect()
+    try:
+        await viewer.wait_for_media("video", 1.0, timeout_s=20)
+        wide_url = clip_url.replace("long.mp4", "wide.mp4")
+        update = {**task_key("switched", "t"), "Control": {"StreamUrl": wide_url}}
+        assert await call(cluster.rtc(other), "UpdateRelayStream", update) == "ok"
+
+        frames = viewer.tracks["video"].frames
+        await wait_until(
+            lambda: any(f.width == 320 for f in frames),
+            20,
+            "the owner's viewer sees the new source",
+        )
+        task = await get_task(cluster.rtc(owner), "switched", "t")
+        assert (task["Status"], task["StreamUrl"]) == (2, wide_url)
+        assert cluster.worker_nodes() == [owner], "switched in place, on the owner"
+    finally:
+        await viewer.close()
+        await call(cluster.rtc(other), "StopRelayStream", task_key("switched", "t"))
+        await wait_until(lambda: not cluster.workers(), 10, "the worker gone")
 
 
 async def test_a_killed_owners_task_runs_on_another_node_within_10_s_never_twice(

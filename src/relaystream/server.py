@@ -197,10 +197,13 @@ async def build_app(settings: ServerSettings) -> web.Application:
         reserved_user=is_task_user,
         settings=signaling,
         caps=session_caps,
+        room_owner=supervisor.room_owner_url,
     )
-    room_events = RoomEventStreams(rooms, config.app_key_for)
+    room_events = RoomEventStreams(rooms, config.app_key_for, room_owner=supervisor.room_owner_url)
     pages = WebPages(
-        region=config.region, demo_stream_url=settings.demo_url_prefix + DEMO_CLIP_NAME
+        region=config.region,
+        demo_stream_url=settings.demo_url_prefix + DEMO_CLIP_NAME,
+        room_owner=supervisor.room_owner_url,
     )
     ready = asyncio.Event()
 

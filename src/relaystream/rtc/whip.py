@@ -23,6 +23,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from relaystream.rtc.encoded_receiver import forward_encoded, request_keyframe
 from relaystream.rtc.room import Publication, RoomRegistry, TrackKind, UserAlreadyPublishing
+from relaystream.rtc.room_owner import RoomOwnerLookup, redirect_to_room_owner
 from relaystream.rtc.session_caps import SessionCaps
 from relaystream.rtc.signaling import (
     PeerSession,
@@ -53,10 +54,13 @@ class WhipEndpoint:
         reserved_user: ReservedUserCheck | None = None,
         settings: SignalingSettings | None = None,
         caps: SessionCaps | None = None,
+        room_owner: RoomOwnerLookup | None = None,
     ) -> None:
         self._rooms = rooms
         self._app_key_for = app_key_for
         self._reserved_user = reserved_user
+        # Several nodes: the room's node, when another one hosts it.
+        self._room_owner = room_owner
         self._sessions = PeerSessions("/whip/sessions/", settings, caps)
 
     def routes(self) -> list[web.RouteDef]:
@@ -82,6 +86,7 @@ class WhipEndpoint:
             user_id=user_id,
             privilege=Privilege.PUBLISH_STREAM,
         )
+        await redirect_to_room_owner(request, self._room_owner, app_id, room_id)
         offer = await read_sdp_offer(request, self._sessions.settings.offer_bounds)
         try:
             kinds = frozenset(offered_kinds(offer))

@@ -148,13 +148,25 @@ class TaskSupervisor:
     async def owner_url(self, app_id: str, room_id: str, user_id: str) -> str | None:
         """The advertised URL of the node that runs the active task publishing as
         ``user_id`` in the room, when that node is another one."""
+        return await self._other_holder_url(app_id, room_id, user_id)
+
+    async def room_owner_url(self, app_id: str, room_id: str) -> str | None:
+        """The advertised URL of the node that hosts the room (runs its active tasks),
+        when that node is another one: a room lives on one node."""
+        return await self._other_holder_url(app_id, room_id, None)
+
+    async def _other_holder_url(self, app_id: str, room_id: str, user_id: str | None) -> str | None:
         page = await self._store.query(TaskQuery(app_id, room_id=room_id, limit=100))
         for record in page.records:
-            if record.user_id == user_id and record.status in ACTIVE_STATUSES:
-                key = TaskKey(record.app_id, record.room_id, record.task_id)
-                holder = await self._store.holder(lease_key(key), now_ms())
-                if holder is not None and holder.node_id != self._node.node_id:
-                    return holder.advertise_url
+            if user_id not in (None, record.user_id) or record.status not in ACTIVE_STATUSES:
+                continue
+            key = TaskKey(record.app_id, record.room_id, record.task_id)
+            holder = await self._store.holder(lease_key(key), now_ms())
+            if holder is None:
+                continue
+            if holder.node_id == self._node.node_id:
+                return None  # this node hosts it
+            return holder.advertise_url
         return None
 
     async def _keep_leases(self) -> None:

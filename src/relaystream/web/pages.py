@@ -11,6 +11,8 @@ from importlib.resources import files
 
 from aiohttp import web
 
+from relaystream.rtc.room_owner import RoomOwnerLookup, redirect_to_room_owner
+
 STATIC_FILES = {
     "room.html": "text/html",
     "room.js": "text/javascript",
@@ -45,8 +47,13 @@ def _static(name: str) -> web.Response:
 
 
 class WebPages:
-    def __init__(self, *, region: str, demo_stream_url: str) -> None:
+    def __init__(
+        self, *, region: str, demo_stream_url: str, room_owner: RoomOwnerLookup | None = None
+    ) -> None:
         self._settings = {"region": region, "demoStreamUrl": demo_stream_url}
+        # Several nodes: the page is served by the room's node, so that its fetches
+        # (events, WHEP) reach that node from the same origin.
+        self._room_owner = room_owner
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -56,7 +63,10 @@ class WebPages:
             web.get("/static/{name}", self.static_file),
         ]
 
-    async def room_page(self, _: web.Request) -> web.Response:
+    async def room_page(self, request: web.Request) -> web.Response:
+        app_id = request.match_info["app_id"]
+        room_id = request.match_info["room_id"]
+        await redirect_to_room_owner(request, self._room_owner, app_id, room_id)
         return _static("room.html")
 
     async def console(self, _: web.Request) -> web.Response:

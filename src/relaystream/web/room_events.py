@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from relaystream.rtc.room import RoomEvent, RoomRegistry
+from relaystream.rtc.room_owner import RoomOwnerLookup, redirect_to_room_owner
 from relaystream.rtc.signaling import authorize
 from relaystream.rtc.token import AppKeyLookup, Privilege
 
@@ -29,9 +30,17 @@ MAX_PENDING_EVENTS = 1000
 class RoomEventStreams:
     """The ``/events`` route and the streams it has open."""
 
-    def __init__(self, rooms: RoomRegistry, app_key_for: AppKeyLookup) -> None:
+    def __init__(
+        self,
+        rooms: RoomRegistry,
+        app_key_for: AppKeyLookup,
+        *,
+        room_owner: RoomOwnerLookup | None = None,
+    ) -> None:
         self._rooms = rooms
         self._app_key_for = app_key_for
+        # Several nodes: the room's node, when another one hosts it.
+        self._room_owner = room_owner
         self._open: set[asyncio.Queue[RoomEvent | None]] = set()
 
     def routes(self) -> list[web.RouteDef]:
@@ -47,6 +56,7 @@ class RoomEventStreams:
             room_id=room_id,
             privilege=Privilege.SUBSCRIBE_STREAM,
         )
+        await redirect_to_room_owner(request, self._room_owner, app_id, room_id)
         pending: asyncio.Queue[RoomEvent | None] = asyncio.Queue(MAX_PENDING_EVENTS)
 
         def enqueue(event: RoomEvent) -> None:
