@@ -293,6 +293,26 @@ async def test_whip_and_the_room_page_on_another_node_redirect_to_the_rooms_node
         await wait_until(lambda: not cluster.workers(), 10, "the worker gone")
 
 
+async def test_a_room_lives_on_one_node_whichever_node_takes_its_starts(
+    cluster: Cluster, clip_url: str
+) -> None:
+    owner = await run_one_task(cluster, "node-a", "one-room", clip_url)
+    # Through a node that is not the room's: the freest node now, which would take a
+    # task of a new room.
+    other = next(name for name in NODE_NAMES if name != owner)
+    body = start_body(cluster.nodes[other], "one-room", "second", clip_url)
+    try:
+        assert await call(cluster.rtc(other), "StartRelayStream", body) == "ok"
+        await wait_for_status(cluster.rtc(other), "one-room", "second", 2)
+        await wait_until(lambda: len(cluster.workers()) == 2, 10, "two workers")
+        assert cluster.worker_nodes() == [owner, owner]
+        assert cluster.health(owner)["tasks"] == 2
+    finally:
+        for task in ("t", "second"):
+            await call(cluster.rtc(other), "StopRelayStream", task_key("one-room", task))
+        await wait_until(lambda: not cluster.workers(), 10, "the workers gone")
+
+
 async def test_an_update_through_another_node_switches_the_owners_worker(
     cluster: Cluster, clip_url: str
 ) -> None:

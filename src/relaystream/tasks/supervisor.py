@@ -61,6 +61,9 @@ ACTIVE_STATUSES = (int(TaskStatus.STARTING), int(TaskStatus.RUNNING))
 # Compare-and-set retries before giving up: each lost race means another writer made
 # progress, so running out of them means something is badly wrong.
 _MAX_ATTEMPTS = 20
+# Unleased tasks a node looks at past its free slots each round: tasks of rooms other
+# nodes host sit among them, and must not hide the ones placed here.
+_PLACEMENT_WINDOW = 50
 
 
 class TaskAlreadyActive(Exception):
@@ -148,26 +151,48 @@ class TaskSupervisor:
     async def owner_url(self, app_id: str, room_id: str, user_id: str) -> str | None:
         """The advertised URL of the node that runs the active task publishing as
         ``user_id`` in the room, when that node is another one."""
-        return await self._other_holder_url(app_id, room_id, user_id)
+        return self._elsewhere(await self._room_holder(app_id, room_id, user_id=user_id))
 
     async def room_owner_url(self, app_id: str, room_id: str) -> str | None:
         """The advertised URL of the node that hosts the room (runs its active tasks),
         when that node is another one: a room lives on one node."""
-        return await self._other_holder_url(app_id, room_id, None)
+        return self._elsewhere(await self._room_holder(app_id, room_id))
 
-    async def _other_holder_url(self, app_id: str, room_id: str, user_id: str | None) -> str | None:
+    def _elsewhere(self, holder: NodeInfo | None) -> str | None:
+        if holder is None or holder.node_id == self._node.node_id:
+            return None
+        return holder.advertise_url
+
+    async def _room_holder(
+        self,
+        app_id: str,
+        room_id: str,
+        *,
+        user_id: str | None = None,
+        besides: TaskKey | None = None,
+    ) -> NodeInfo | None:
+        """The node holding a lease on an active task of the room (publishing as
+        ``user_id``, when given; other than ``besides``), if any."""
         page = await self._store.query(TaskQuery(app_id, room_id=room_id, limit=100))
         for record in page.records:
             if user_id not in (None, record.user_id) or record.status not in ACTIVE_STATUSES:
                 continue
             key = TaskKey(record.app_id, record.room_id, record.task_id)
-            holder = await self._store.holder(lease_key(key), now_ms())
-            if holder is None:
+            if key == besides:
                 continue
-            if holder.node_id == self._node.node_id:
-                return None  # this node hosts it
-            return holder.advertise_url
+            holder = await self._store.holder(lease_key(key), now_ms())
+            if holder is not None:
+                return holder
         return None
+
+    async def _placed_here(self, key: TaskKey, nodes: list[NodeInfo], at_ms: int) -> bool:
+        """Placement: a task goes to the node that hosts its room, a task of a new room
+        to the freest live node (this one when there is none)."""
+        host = await self._room_holder(key.app_id, key.room_id, besides=key)
+        if host is not None:
+            return host.node_id == self._node.node_id
+        freest = freest_node(nodes, at_ms)
+        return freest is None or freest.node_id == self._node.node_id
 
     async def _keep_leases(self) -> None:
         while True:
@@ -249,15 +274,20 @@ class TaskSupervisor:
         free = capacity_of(self._slots.capacity) - len(self._runs)
         if free <= 0:
             return 0
-        freest = freest_node(await self._store.nodes(), now)
-        if not own and freest is not None and freest.node_id != self._node.node_id:
-            return 0  # the freest live node takes them
+        nodes = await self._store.nodes()
         held_by = self._node.node_id if own else ""
         taken = 0
-        for record in await self._store.unleased(ACTIVE_STATUSES, now, free, held_by):
+        # A window past this node's free slots: those ahead in it may be other nodes'.
+        for record in await self._store.unleased(
+            ACTIVE_STATUSES, now, free + _PLACEMENT_WINDOW, held_by
+        ):
+            if taken >= free:
+                break
             key = TaskKey(record.app_id, record.room_id, record.task_id)
             if key in self._runs:
                 continue
+            if not own and not await self._placed_here(key, nodes, now):
+                continue  # another node takes it
             until = now_ms() + self._node.lease_ms
             if not await self._store.claim(lease_key(key), self._node.node_id, now, until):
                 continue  # another node took it first
@@ -304,9 +334,8 @@ class TaskSupervisor:
         if task.key in self._runs:
             raise TaskAlreadyActive(str(task.key))
         now = now_ms()
-        freest = freest_node(await self._store.nodes(), now)
-        if freest is not None and freest.node_id != self._node.node_id:
-            # Placement: the freest node takes it within one renew period.
+        if not await self._placed_here(task.key, await self._store.nodes(), now):
+            # Placement: the room's node (or the freest) takes it within one renew period.
             await self._save(task)
             _log_start(task, metrics.StartKind.API)
             return
