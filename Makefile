@@ -66,6 +66,7 @@ check-system-deps:
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	[ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing="$$missing libnginx-mod-rtmp"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v janus >/dev/null || [ -x /usr/bin/janus ] || missing="$$missing janus"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \

@@ -1,9 +1,11 @@
 """An app whose rooms live on Janus: its relays publish into a Janus VideoRoom.
 
-A real Janus (HTTP transport on 127.0.0.1, VideoRoom only, loopback ICE) and a real
-relaystream server configured with ``room_server = "janus"``: an aiortc subscriber that
-joins through Janus's own API decodes the relay, and stopping the task takes the
-publisher out of the room.
+A real Janus (HTTP transport on 127.0.0.1, VideoRoom only) and a real relaystream server
+configured with ``room_server = "janus"``: an aiortc subscriber that joins through Janus's
+own API decodes the relay, and stopping the task takes the publisher out of the room.
+
+Janus never offers an ICE candidate on ``lo``, so the story runs in a network namespace
+of its own (tests/support/netns.py): the outer test starts pytest on the story there.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import asyncio
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from relaystream.rtc.janus import JanusError, janus_room_access
 from tests.support.janus import JanusSubscriber, janus_server, list_participants
+from tests.support.netns import can_isolate, is_isolated, run_isolated
 from tests.support.sdk import RtcService
 from tests.support.server import (
     ACCESS_KEY_ID,
@@ -28,14 +32,7 @@ from tests.support.server import (
 )
 from tests.support.tasks import call
 
-# Janus 1.1.2 (Debian) never gathers a candidate on the loopback interface, even with
-# ice_enforce_list = "lo": it offers only the machine's other addresses, which no test may
-# use. Until Janus can be held to 127.0.0.1 (a network namespace, a newer libnice), this
-# story cannot run here; the connector's signaling was exercised by hand against it.
-pytestmark = [
-    pytest.mark.skipif(shutil.which("janus") is None, reason="needs Debian's janus"),
-    pytest.mark.skip(reason="Janus offers no loopback ICE candidates; see the comment above"),
-]
+pytestmark = pytest.mark.skipif(shutil.which("janus") is None, reason="needs Debian's janus")
 
 ROOM, USER, TASK = "room-on-janus", "relay", "janus-task"
 NO_SUCH_ROOM = 426
@@ -68,6 +65,16 @@ async def publishers(janus: str, room: int) -> list[str]:
     return [p["display"] for p in participants if p.get("publisher")]
 
 
+@pytest.mark.skipif(not can_isolate(), reason="needs root, unshare and ip")
+@pytest.mark.skipif(is_isolated(), reason="this is the outer run")
+def test_the_janus_story_passes_in_a_network_namespace_of_its_own(tmp_path: Path) -> None:
+    story = f"{__file__}::test_a_relay_published_into_janus_is_decoded_and_leaves_on_stop"
+    run = run_isolated(story, tmp_path / "isolated")
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
+    assert run.returncode == 0 and summary.startswith("1 passed"), run.stdout + run.stderr
+
+
+@pytest.mark.skipif(not is_isolated(), reason="runs inside the outer test's namespace")
 async def test_a_relay_published_into_janus_is_decoded_and_leaves_on_stop(
     origin: RelayServer, janus: str, media_url: str
 ) -> None:

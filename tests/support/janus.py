@@ -2,7 +2,8 @@
 its VideoRoom through Janus's own HTTP API.
 
 Janus gets a config dir made here: the HTTP transport only, bound to 127.0.0.1; the
-VideoRoom plugin only; ICE on the loopback interface only, no STUN.
+VideoRoom plugin only; ICE only on the namespace's own interface (tests/support/netns.py:
+Janus gathers nothing on ``lo``), no STUN. Run it only inside such a namespace.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from relaystream.rtc.ice import IceAddresses, use_ice_addresses
 from relaystream.rtc.janus import JanusRoomAccess, JanusSession
 from tests.support.net import free_port
+from tests.support.netns import CANDIDATE_INTERFACE
 from tests.support.server import stop_process
 from tests.support.viewer import DecodedTrack, SeenFrame
 
@@ -59,7 +61,7 @@ transports: {{ disable = "{_disable("transport", _OTHER_TRANSPORTS)}" }}
 events: {{ broadcast = false }}
 loggers: {{ disable = "libjanus_jsonlog.so" }}
 nat: {{
-  ice_enforce_list = "127.0.0.1"
+  ice_enforce_list = "{CANDIDATE_INTERFACE}"
   nice_debug = false
 }}
 media: {{ ipv6 = false }}
@@ -136,7 +138,7 @@ class JanusSubscriber:
             "pin": self._access.pin,
             "streams": [{"feed": feed}],
         }
-        await self._session.message(join, {})
+        await self._session.message(join)
         offer = await self._jsep("offer")
 
         @self.pc.on("track")

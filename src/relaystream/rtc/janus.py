@@ -101,12 +101,13 @@ class JanusSession:
             raise JanusError(str(data.get("error")), code=int(data["error_code"]))
         return data
 
-    async def message(self, body: dict[str, Any], jsep: dict[str, str]) -> None:
-        """An asynchronous request; its outcome arrives as an event (``next_event``)."""
-        await self._post(
-            f"{self._session_url}/{self.handle_id}",
-            {"janus": "message", "body": body, "jsep": jsep},
-        )
+    async def message(self, body: dict[str, Any], jsep: dict[str, str] | None = None) -> None:
+        """An asynchronous request; its outcome arrives as an event (``next_event``).
+        Without an SDP the ``jsep`` member is left out: Janus refuses an empty one."""
+        request: dict[str, Any] = {"janus": "message", "body": body}
+        if jsep is not None:
+            request["jsep"] = jsep
+        await self._post(f"{self._session_url}/{self.handle_id}", request)
 
     async def end_of_candidates(self) -> None:
         """Every candidate is in our SDP already: Janus waits for this before it calls

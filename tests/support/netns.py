@@ -1,0 +1,60 @@
+"""Runs one test inside a network namespace of its own, for servers that will not talk
+on the loopback interface.
+
+Janus (libnice) never gathers ICE candidates on ``lo`` and binds each candidate to its
+interface (IP_UNICAST_IF). So the namespace gets, besides ``lo``, a veth pair whose both
+ends stay inside it, with 127.0.0.2 on one end; the sysctls let loopback-addressed
+packets cross that pair (route_localnet, accept_local, no reverse-path filter). Nothing
+in the namespace can reach any other network, and it vanishes with its last process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ISOLATED_ENV = "RELAYSTREAM_ISOLATED_NETNS"
+# The interface Janus is held to (its ice_enforce_list) inside the namespace.
+CANDIDATE_INTERFACE = "relaystream0"
+
+_SETUP = f"""
+set -e
+ip link set lo up
+ip link add {CANDIDATE_INTERFACE} type veth peer name relaystream1
+ip addr add 127.0.0.2/32 dev {CANDIDATE_INTERFACE}
+ip link set {CANDIDATE_INTERFACE} up
+ip link set relaystream1 up
+for conf in all default lo {CANDIDATE_INTERFACE} relaystream1; do
+  sysctl -qw net.ipv4.conf.$conf.route_localnet=1 net.ipv4.conf.$conf.accept_local=1 \\
+    net.ipv4.conf.$conf.rp_filter=0
+done
+exec "$@"
+"""
+
+
+def can_isolate() -> bool:
+    return (
+        os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("ip") is not None
+    )
+
+
+def is_isolated() -> bool:
+    return os.environ.get(ISOLATED_ENV) == "1"
+
+
+def run_isolated(
+    nodeid: str, basetemp: Path, timeout_s: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Runs pytest on ``nodeid`` in a fresh network namespace; its output is returned."""
+    command = [sys.executable, "-m", "pytest", nodeid, "-q", "-p", "no:cacheprovider"]
+    return subprocess.run(
+        ["unshare", "--net", "sh", "-c", _SETUP, "sh", *command, f"--basetemp={basetemp}"],
+        env={**os.environ, ISOLATED_ENV: "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
