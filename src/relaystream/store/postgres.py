@@ -12,7 +12,6 @@ each migration once, and the others wait and then see it applied.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -38,6 +37,14 @@ from relaystream.store import (
 )
 from relaystream.store.leases import NodeInfo, TaskLeaseKey, TaskStats
 from relaystream.store.migrations import MIGRATIONS, for_postgresql
+from relaystream.store.rows import (
+    callback_row,
+    record_key,
+    task_row,
+    to_callback,
+    to_record,
+    update_row,
+)
 
 # A fixed key for pg_advisory_xact_lock: "relaystream migrations".
 _MIGRATION_LOCK: Final = 0x72656C6179
@@ -172,12 +179,12 @@ class PostgresTaskStore:
             yield unit
             # Reached only when the block did not raise: its events, then the commit.
             for record in unit.callbacks:
-                await conn.execute(_INSERT_CALLBACK, _callback_values(record))
+                await conn.execute(_INSERT_CALLBACK, callback_row(record))
 
     async def list_with_status(self, statuses: tuple[int, ...]) -> list[TaskRecord]:
         async with self._pool.connection() as conn:
             cursor = await conn.execute(_WITH_STATUS, (list(statuses),))
-            return [_to_record(row) for row in await cursor.fetchall()]
+            return [to_record(row) for row in await cursor.fetchall()]
 
     async def query(self, query: TaskQuery) -> TaskPage:
         if query.room_id is None:
@@ -195,7 +202,7 @@ class PostgresTaskStore:
             total_row = await (await conn.execute(count, params)).fetchone()
             rows = await (await conn.execute(page, [*params, query.limit, query.offset])).fetchall()
         total = int(total_row[0]) if total_row else 0
-        return TaskPage(total=total, records=[_to_record(row) for row in rows])
+        return TaskPage(total=total, records=[to_record(row) for row in rows])
 
     async def purge_ended(self, ended_before_ms: int) -> int:
         return await self._purge(_PURGE, (ENDED_STATUS, ended_before_ms, _PURGE_BATCH))
@@ -215,7 +222,7 @@ class PostgresTaskStore:
     ) -> list[CallbackRecord]:
         async with self._pool.connection() as conn:
             cursor = await conn.execute(_DUE_CALLBACKS, (now_ms, list(skip_apps), limit))
-            return [_to_callback(row) for row in await cursor.fetchall()]
+            return [to_callback(row) for row in await cursor.fetchall()]
 
     async def lease_callback(self, event_id: str, now_ms: int, until_ms: int) -> bool:
         return await self._write(_LEASE_CALLBACK, (until_ms, event_id, now_ms)) == 1
@@ -241,7 +248,7 @@ class PostgresTaskStore:
             cursor = await conn.execute(
                 _LIST_CALLBACKS, (app_id, [state.value for state in states], limit)
             )
-            return [_to_callback(row) for row in await cursor.fetchall()]
+            return [to_callback(row) for row in await cursor.fetchall()]
 
     async def redeliver_callbacks(
         self, app_id: str, event_ids: Sequence[str] | None, now_ms: int
@@ -325,7 +332,7 @@ class PostgresTaskStore:
             cursor = await conn.execute(
                 leases.UNLEASED, leases.unleased_params(statuses, now_ms, limit, held_by)
             )
-            return [_to_record(row) for row in await cursor.fetchall()]
+            return [to_record(row) for row in await cursor.fetchall()]
 
     async def set_draining(self, node_id: str, draining: bool) -> bool:
         async with self._pool.connection() as conn:
@@ -369,34 +376,23 @@ class _PostgresTransaction:
     async def insert(self, record: TaskRecord) -> TaskRecord:
         stored = record.with_version(1)
         try:
-            await self._conn.execute(_INSERT, _values(stored))
+            await self._conn.execute(_INSERT, task_row(stored))
         except errors.UniqueViolation as exc:
             if exc.diag.constraint_name == _KEY_CONSTRAINT:
-                raise TaskExists(_key(record)) from None
-            raise UserTaken(_key(record)) from None
+                raise TaskExists(record_key(record)) from None
+            raise UserTaken(record_key(record)) from None
         return stored
 
     async def update(self, record: TaskRecord) -> TaskRecord:
         try:
             cursor = await self._conn.execute(
                 _UPDATE,
-                (
-                    record.user_id,
-                    record.status,
-                    record.create_time_ms,
-                    record.end_time_ms,
-                    record.version + 1,
-                    json.dumps(record.document),
-                    record.app_id,
-                    record.room_id,
-                    record.task_id,
-                    record.version,
-                ),
+                update_row(record),
             )
         except errors.UniqueViolation:
-            raise UserTaken(_key(record)) from None
+            raise UserTaken(record_key(record)) from None
         if cursor.rowcount != 1:
-            raise StaleVersion(f"{_key(record)} is no longer at version {record.version}")
+            raise StaleVersion(f"{record_key(record)} is no longer at version {record.version}")
         return record.with_version(record.version + 1)
 
 
@@ -404,7 +400,7 @@ async def _get(
     conn: psycopg.AsyncConnection[Any], app_id: str, room_id: str, task_id: str
 ) -> TaskRecord | None:
     row = await (await conn.execute(_GET, (app_id, room_id, task_id))).fetchone()
-    return _to_record(row) if row else None
+    return to_record(row) if row else None
 
 
 async def _schema_version(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -429,74 +425,3 @@ async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _key(record: TaskRecord) -> str:
-    return f"{record.app_id}/{record.room_id}/{record.task_id}"
-
-
-def _values(record: TaskRecord) -> tuple[Any, ...]:
-    return (
-        record.app_id,
-        record.room_id,
-        record.task_id,
-        record.user_id,
-        record.status,
-        record.create_time_ms,
-        record.end_time_ms,
-        record.version,
-        json.dumps(record.document),
-    )
-
-
-def _callback_values(record: CallbackRecord) -> tuple[Any, ...]:
-    return (
-        record.event_id,
-        record.app_id,
-        record.room_id,
-        record.task_id,
-        json.dumps(record.body),
-        record.state.value,
-        record.attempts,
-        record.next_attempt_ms,
-        record.last_error,
-        record.created_ms,
-        record.delivered_ms,
-        record.window_start_ms,
-        record.app_id,
-        record.room_id,
-        record.task_id,
-    )
-
-
-def _to_callback(row: tuple[Any, ...]) -> CallbackRecord:
-    return CallbackRecord(
-        event_id=str(row[0]),
-        app_id=str(row[1]),
-        room_id=str(row[2]),
-        task_id=str(row[3]),
-        seq=int(row[4]),
-        body=json.loads(row[5]),
-        state=CallbackState(row[6]),
-        attempts=int(row[7]),
-        next_attempt_ms=int(row[8]),
-        last_error=str(row[9]),
-        created_ms=int(row[10]),
-        delivered_ms=int(row[11]),
-        window_start_ms=int(row[12]),
-    )
-
-
-def _to_record(row: tuple[Any, ...]) -> TaskRecord:
-    app_id, room_id, task_id, user_id, status, created, ended, version, document = row
-    return TaskRecord(
-        app_id=str(app_id),
-        room_id=str(room_id),
-        task_id=str(task_id),
-        user_id=str(user_id),
-        status=int(status),
-        create_time_ms=int(created),
-        end_time_ms=int(ended),
-        version=int(version),
-        document=json.loads(document),
-    )

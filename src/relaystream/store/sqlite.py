@@ -12,7 +12,6 @@ is waited for (``busy_timeout``) in that thread, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -37,6 +36,14 @@ from relaystream.store import (
 )
 from relaystream.store.leases import NodeInfo, TaskLeaseKey, TaskStats, sqlite_sql
 from relaystream.store.migrations import MIGRATIONS, for_sqlite
+from relaystream.store.rows import (
+    callback_row,
+    record_key,
+    task_row,
+    to_callback,
+    to_record,
+    update_row,
+)
 
 # How long a writer waits for another connection's write lock before giving up.
 _BUSY_TIMEOUT_S = 10.0
@@ -195,7 +202,7 @@ class SqliteTaskStore:
         query = _SELECT + f" WHERE status IN ({','.join('?' * len(statuses))})"
         query += " ORDER BY create_time_ms"
         rows = await self._reader.run(lambda db: db.execute(query, statuses).fetchall())
-        return [_to_record(row) for row in rows]
+        return [to_record(row) for row in rows]
 
     async def query(self, query: TaskQuery) -> TaskPage:
         if query.room_id is None:
@@ -221,7 +228,7 @@ class SqliteTaskStore:
             return total, rows
 
         total, rows = await self._reader.run(read)
-        return TaskPage(total=total, records=[_to_record(row) for row in rows])
+        return TaskPage(total=total, records=[to_record(row) for row in rows])
 
     async def purge_ended(self, ended_before_ms: int) -> int:
         return await self._purge(_PURGE, (ENDED_STATUS, ended_before_ms, _PURGE_BATCH))
@@ -244,7 +251,7 @@ class SqliteTaskStore:
             params.extend(skip_apps)
         query += " ORDER BY next_attempt_ms, created_ms LIMIT ?"
         rows = await self._reader.run(lambda db: db.execute(query, [*params, limit]).fetchall())
-        return [_to_callback(row) for row in rows]
+        return [to_callback(row) for row in rows]
 
     async def lease_callback(self, event_id: str, now_ms: int, until_ms: int) -> bool:
         params = (until_ms, event_id, now_ms)
@@ -269,7 +276,7 @@ class SqliteTaskStore:
         query += " ORDER BY created_ms, seq LIMIT ?"
         params = [app_id, *(state.value for state in states), limit]
         rows = await self._reader.run(lambda db: db.execute(query, params).fetchall())
-        return [_to_callback(row) for row in rows]
+        return [to_callback(row) for row in rows]
 
     async def redeliver_callbacks(
         self, app_id: str, event_ids: Sequence[str] | None, now_ms: int
@@ -347,7 +354,7 @@ class SqliteTaskStore:
         rows = await self._reader.run(
             lambda db: db.execute(sqlite_sql(leases.UNLEASED), values).fetchall()
         )
-        return [_to_record(row) for row in rows]
+        return [to_record(row) for row in rows]
 
     async def set_draining(self, node_id: str, draining: bool) -> bool:
         values = (int(draining), node_id)
@@ -428,57 +435,27 @@ def _write(db: sqlite3.Connection, statement: str, values: tuple[Any, ...]) -> i
 
 def _insert(db: sqlite3.Connection, record: TaskRecord) -> None:
     try:
-        db.execute(_INSERT, _values(record))
+        db.execute(_INSERT, task_row(record))
     except sqlite3.IntegrityError:
         if db.execute(_EXISTS, (record.app_id, record.room_id, record.task_id)).fetchone():
-            raise TaskExists(_key(record)) from None
-        raise UserTaken(_key(record)) from None
+            raise TaskExists(record_key(record)) from None
+        raise UserTaken(record_key(record)) from None
 
 
 def _update(db: sqlite3.Connection, record: TaskRecord) -> None:
     try:
         cursor = db.execute(
             _UPDATE,
-            (
-                record.user_id,
-                record.status,
-                record.create_time_ms,
-                record.end_time_ms,
-                record.version + 1,
-                json.dumps(record.document),
-                record.app_id,
-                record.room_id,
-                record.task_id,
-                record.version,
-            ),
+            update_row(record),
         )
     except sqlite3.IntegrityError:
-        raise UserTaken(_key(record)) from None
+        raise UserTaken(record_key(record)) from None
     if cursor.rowcount != 1:
-        raise StaleVersion(f"{_key(record)} is no longer at version {record.version}")
+        raise StaleVersion(f"{record_key(record)} is no longer at version {record.version}")
 
 
 def _insert_callback(db: sqlite3.Connection, record: CallbackRecord) -> None:
-    db.execute(
-        _INSERT_CALLBACK,
-        (
-            record.event_id,
-            record.app_id,
-            record.room_id,
-            record.task_id,
-            json.dumps(record.body),
-            record.state.value,
-            record.attempts,
-            record.next_attempt_ms,
-            record.last_error,
-            record.created_ms,
-            record.delivered_ms,
-            record.window_start_ms,
-            record.app_id,
-            record.room_id,
-            record.task_id,
-        ),
-    )
+    db.execute(_INSERT_CALLBACK, callback_row(record))
 
 
 def _write_once(db: sqlite3.Connection, statement: str, params: Sequence[Any]) -> int:
@@ -507,7 +484,7 @@ def _for_events(
 
 def _get(db: sqlite3.Connection, app_id: str, room_id: str, task_id: str) -> TaskRecord | None:
     row = db.execute(_GET, (app_id, room_id, task_id)).fetchone()
-    return _to_record(row) if row else None
+    return to_record(row) if row else None
 
 
 def _schema_version(db: sqlite3.Connection) -> int:
@@ -531,54 +508,3 @@ def _migrate(db: sqlite3.Connection) -> None:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-
-
-def _key(record: TaskRecord) -> str:
-    return f"{record.app_id}/{record.room_id}/{record.task_id}"
-
-
-def _values(record: TaskRecord) -> tuple[Any, ...]:
-    return (
-        record.app_id,
-        record.room_id,
-        record.task_id,
-        record.user_id,
-        record.status,
-        record.create_time_ms,
-        record.end_time_ms,
-        record.version,
-        json.dumps(record.document),
-    )
-
-
-def _to_record(row: tuple[Any, ...]) -> TaskRecord:
-    app_id, room_id, task_id, user_id, status, created, ended, version, document = row
-    return TaskRecord(
-        app_id=str(app_id),
-        room_id=str(room_id),
-        task_id=str(task_id),
-        user_id=str(user_id),
-        status=int(status),
-        create_time_ms=int(created),
-        end_time_ms=int(ended),
-        version=int(version),
-        document=json.loads(document),
-    )
-
-
-def _to_callback(row: tuple[Any, ...]) -> CallbackRecord:
-    return CallbackRecord(
-        event_id=str(row[0]),
-        app_id=str(row[1]),
-        room_id=str(row[2]),
-        task_id=str(row[3]),
-        seq=int(row[4]),
-        body=json.loads(row[5]),
-        state=CallbackState(row[6]),
-        attempts=int(row[7]),
-        next_attempt_ms=int(row[8]),
-        last_error=str(row[9]),
-        created_ms=int(row[10]),
-        delivered_ms=int(row[11]),
-        window_start_ms=int(row[12]),
-    )
