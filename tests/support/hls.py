@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tests.support.net import free_port
+from tests.support.net import serve_app
 
 SEGMENT_S = 1
 LIVE_WINDOW = 4  # segments listed at once, as a live packager does
@@ -84,31 +82,14 @@ def hls_server(vod_playlist: Path) -> Iterator[str]:
     durations = [float(e.split(":")[1].rstrip(",")) for e in entries if e.startswith("#EXTINF")]
     segments = [e for e in entries if e and not e.startswith("#")]
     started = time.monotonic()
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    runners: list[web.AppRunner] = []
 
     async def live(_: web.Request) -> web.Response:
         text = live_playlist(segments, durations, time.monotonic() - started)
         return web.Response(text=text, content_type="application/vnd.apple.mpegurl")
 
-    async def start() -> None:
-        app = web.Application()
-        app.router.add_get("/live/index.m3u8", live)
-        app.router.add_static("/live/", root)
-        app.router.add_static("/vod/", root)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runners[0].cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    app = web.Application()
+    app.router.add_get("/live/index.m3u8", live)
+    app.router.add_static("/live/", root)
+    app.router.add_static("/vod/", root)
+    with serve_app(app) as base_url:
+        yield base_url

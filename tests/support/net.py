@@ -39,30 +39,35 @@ def static_http_server(
     ``redirects`` maps a path to the URL it answers with a 302. With ``ssl_context`` it
     is HTTPS.
     """
+    app = web.Application()
+    for path, location in (redirects or {}).items():
+        app.router.add_get(path, _redirect_to(location))
+    app.router.add_static("/", root)
+    with serve_app(app, port=port, ssl_context=ssl_context) as base_url:
+        yield base_url
+
+
+@contextmanager
+def serve_app(
+    app: web.Application, *, port: int | None = None, ssl_context: ssl.SSLContext | None = None
+) -> Iterator[str]:
+    """Run ``app`` on 127.0.0.1 in an event loop of its own thread (so blocking test code
+    and workers can fetch from it); yields the base URL."""
     port = port or free_port()
     loop = asyncio.new_event_loop()
-    started = threading.Event()
-    runner_box: list[web.AppRunner] = []
+    runner = web.AppRunner(app, access_log=None)
 
     async def start() -> None:
-        app = web.Application()
-        for path, location in (redirects or {}).items():
-            app.router.add_get(path, _redirect_to(location))
-        app.router.add_static("/", root)
-        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context).start()
-        runner_box.append(runner)
-        started.set()
 
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    started.wait(10)
     try:
         yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
     finally:
-        asyncio.run_coroutine_threadsafe(runner_box[0].cleanup(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()

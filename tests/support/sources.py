@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from aiohttp import web
 
-from tests.support.net import free_port
+from tests.support.net import serve_app
 
 CHUNK_BYTES = 4096
 
@@ -26,9 +25,6 @@ def scripted_http_server(files: dict[str, Path] | None = None) -> Iterator[str]:
       ``?seconds=`` (a live body that then ends, as an encoder that stopped would).
     """
     files = files or {}
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    runners: list[web.AppRunner] = []
 
     async def status(request: web.Request) -> web.Response:
         return web.Response(status=int(request.match_info["code"]))
@@ -46,26 +42,12 @@ def scripted_http_server(files: dict[str, Path] | None = None) -> Iterator[str]:
         await response.write_eof()
         return response
 
-    async def start() -> None:
-        app = web.Application()
-        app.router.add_get("/status/{code}", status)
-        app.router.add_get("/status/{code}/{name}", status)  # a name with an extension
-        app.router.add_get("/live/{name}", live)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runners[0].cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    app = web.Application()
+    app.router.add_get("/status/{code}", status)
+    app.router.add_get("/status/{code}/{name}", status)  # a name with an extension
+    app.router.add_get("/live/{name}", live)
+    with serve_app(app) as base_url:
+        yield base_url
 
 
 @contextmanager
