@@ -15,9 +15,10 @@ from relaystream.media.failures import SourceError
 from relaystream.media.pipeline import RelayPipeline
 from relaystream.media.spec import PipelineSpec, StreamMode
 from relaystream.media.testsrc import ClipSpec, make_test_clip
+from tests.support.bridged import make_dash_vod
 from tests.support.clips import remux
 from tests.support.hls import segment
-from tests.support.net import free_port, static_http_server
+from tests.support.net import connection_recorder, free_port, static_http_server
 from tests.support.sources import scripted_http_server, silent_tcp_server
 
 
@@ -134,6 +135,61 @@ def test_a_dash_manifest_naming_a_private_host_is_refused_before_any_fetch(
 
     assert refused.value.detail.startswith("address not allowed: 10.1.2.3")
     assert not refused.value.retryable
+
+
+@pytest.fixture(scope="module")
+def dash_vod(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dash")
+    clip = make_test_clip(root / "clip.mp4", ClipSpec(duration_s=3.0, width=160, height=90))
+    return make_dash_vod(clip, root / "dash")
+
+
+def refusal_of_trusted(url: str, trusted: str) -> SourceError:
+    """The failure of a source on a trusted prefix, with private addresses refused."""
+    spec = PipelineSpec(
+        url=url, stream_mode=StreamMode.REMUX, trusted_url_prefixes=(trusted,), open_timeout_s=2
+    )
+    with pytest.raises(SourceError) as refused:
+        RelayPipeline(spec, lambda _: None, lambda _: None).run()
+    return refused.value
+
+
+def test_dash_segments_from_a_template_pass_the_address_policy(dash_vod: Path) -> None:
+    # The manifest's segment templates name another port: no BaseURL to check before
+    # the ffmpeg CLI runs, so only its proxy stands between it and that port.
+    with connection_recorder() as forbidden:
+        templated = dash_vod.read_text().replace('media="', f'media="{forbidden.base_url}/')
+        (dash_vod.parent / "templated.mpd").write_text(templated)
+        with static_http_server(dash_vod.parent) as base:
+            failure = refusal_of_trusted(f"{base}/templated.mpd", trusted=f"{base}/")
+
+        assert failure.detail.startswith("address not allowed: 127.0.0.1")
+        assert not failure.retryable
+        assert forbidden.connections == 0
+
+
+def test_a_dash_segment_redirected_to_a_private_address_is_refused(dash_vod: Path) -> None:
+    first_segment = next(dash_vod.parent.glob("chunk-stream0-*.m4s")).name
+    redirects = {f"/{first_segment}": "http://10.1.2.3/segment.m4s"}
+    with static_http_server(dash_vod.parent, redirects=redirects) as base:
+        failure = refusal_of_trusted(f"{base}/manifest.mpd", trusted=f"{base}/")
+
+    assert failure.detail.startswith("address not allowed: 10.1.2.3")
+
+
+def test_a_dash_source_on_a_trusted_prefix_still_plays_through_the_proxy(
+    dash_vod: Path,
+) -> None:
+    events: list[WorkerEvent] = []
+    with static_http_server(dash_vod.parent) as base:
+        spec = PipelineSpec(
+            url=f"{base}/manifest.mpd",
+            stream_mode=StreamMode.REMUX,
+            trusted_url_prefixes=(f"{base}/",),
+        )
+        RelayPipeline(spec, lambda _: None, events.append).run()
+
+    assert any(isinstance(event, SourceOpened) for event in events)
 
 
 @pytest.mark.parametrize("suffix", ["mp4", "flv"])

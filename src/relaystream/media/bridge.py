@@ -5,6 +5,11 @@ and the pipeline demuxes that like any other source. The CLI dies with the threa
 started it (util-linux ``setpriv --pdeathsig``), so a worker killed for any reason leaves
 nothing behind; without setpriv, it still ends at its next write to the closed pipe.
 
+Every http(s) request the CLI makes (the manifest again, each segment, each redirect)
+goes through the worker's ``CheckingProxy`` (its ``http_proxy``), which checks it with
+the same address policy as every other fetch: the CLI resolves names itself and builds
+segment URLs from templates, so checking the manifest's URLs beforehand is not enough.
+
 A pipe cannot seek: a VOD starts at a position with the CLI's own input seek (``-ss``),
 and loops with the CLI's own ``-stream_loop`` (continuous timestamps, no restart gap).
 """
@@ -12,6 +17,7 @@ and loops with the CLI's own ``-stream_loop`` (continuous timestamps, no restart
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import threading
@@ -24,6 +30,7 @@ import av.container
 from relaystream.media.failures import SourceError
 from relaystream.media.formats import SourceKind
 from relaystream.media.spec import PipelineSpec
+from relaystream.netpolicy.proxy import CheckingProxy
 
 FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
 _STDERR_LINES = 10
@@ -67,11 +74,13 @@ class CliBridge:
         *,
         loop: bool,
         url: str | None = None,
+        proxy: CheckingProxy | None = None,
     ) -> None:
         self._spec = spec
         # The URL the CLI opens: for SRT, the checked address instead of the host name.
         self._url = url or spec.url
         self._kind = kind
+        self._proxy = proxy
         self.start_position_s = start_position_s
         self.loop = loop
         self._process: subprocess.Popen[bytes] | None = None
@@ -110,6 +119,7 @@ class CliBridge:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env=self._environment(),
         )
         assert self._process.stderr is not None and self._process.stdout is not None
         threading.Thread(target=self._collect, args=(self._process.stderr,), daemon=True).start()
@@ -118,11 +128,24 @@ class CliBridge:
         except (av.error.FFmpegError, OSError) as exc:
             raise self.failure() from exc
 
+    def _environment(self) -> dict[str, str]:
+        """The CLI's environment: its http(s) requests through the proxy, none around it."""
+        environment = {
+            name: value
+            for name, value in os.environ.items()
+            if name.lower() not in {"http_proxy", "https_proxy", "no_proxy", "all_proxy"}
+        }
+        if self._proxy is not None:
+            environment["http_proxy"] = self._proxy.url
+        return environment
+
     def failure(self) -> SourceError:
-        """Why the CLI stopped, from its own error lines."""
+        """Why the CLI stopped: the proxy's refusal if there was one, else its error lines."""
         if self._process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(1)
+        if self._proxy is not None and self._proxy.refusal is not None:
+            return SourceError(self._proxy.refusal)
         text = " ".join(self._stderr)
         for fragment, detail, retryable in _CLI_ERRORS:
             if fragment in text:
@@ -132,12 +155,14 @@ class CliBridge:
         return SourceError("the source could not be read", retryable=True)
 
     def ended_cleanly(self) -> bool:
-        """The CLI reached the source's end without an error."""
+        """The CLI reached the source's end without an error, and without a request the
+        proxy refused (the DASH reader skips a segment it cannot fetch and goes on)."""
         if self._process is None:
             return False
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(2)
-        return self._process.returncode == 0 and not self._stderr
+        refused = self._proxy is not None and self._proxy.refusal is not None
+        return self._process.returncode == 0 and not self._stderr and not refused
 
     def close(self) -> None:
         if self._process is not None and self._process.poll() is None:

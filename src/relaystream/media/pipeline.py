@@ -67,6 +67,7 @@ from relaystream.netpolicy import (
     HttpLimits,
     Unresolvable,
 )
+from relaystream.netpolicy.proxy import CheckingProxy
 
 STATS_INTERVAL_S = 2.0
 # A VOD ending this much before its announced duration was truncated.
@@ -246,11 +247,20 @@ class RelayPipeline:
         self._bridge: CliBridge | None = None
         self._manifest: DashManifest | None = None
         self._bridge_url: str | None = None
+        # The bridged CLI's http_proxy: each of its requests passes the address policy.
+        self._proxy: CheckingProxy | None = None
         # Where in the source the current open started (a bridged source's own seek).
         self._position_base_s = 0.0
         self._live = True
 
     def run(self) -> PipelineEnd:
+        try:
+            return self._run()
+        finally:
+            if self._proxy is not None:
+                self._proxy.close()
+
+    def _run(self) -> PipelineEnd:
         self._check_bridged_source()
         bridged = self._kind in BRIDGED_KINDS
         container = self._open(self._spec.start_position_s if bridged else 0.0)
@@ -337,6 +347,7 @@ class RelayPipeline:
             self._manifest = fetch_manifest(
                 self._spec.url, client, timeout_s=self._spec.open_timeout_s, check_url=check_url
             )
+            self._proxy = CheckingProxy(policy, limits)
 
     def _open(self, position_s: float) -> av.container.InputContainer:
         """Open the source; a bridged one starts at ``position_s`` (a pipe cannot seek)."""
@@ -347,7 +358,12 @@ class RelayPipeline:
         manifest = self._manifest
         loops_itself = self._spec.loop and manifest is not None and not manifest.live
         self._bridge = CliBridge(
-            self._spec, self._kind, position_s, loop=loops_itself, url=self._bridge_url
+            self._spec,
+            self._kind,
+            position_s,
+            loop=loops_itself,
+            url=self._bridge_url,
+            proxy=self._proxy,
         )
         self._position_base_s = position_s
         return self._bridge.open()

@@ -24,6 +24,10 @@ The design, in the order a fetch meets it:
   host name for the Host header, TLS SNI and certificate checks), checks each redirect
   again, limits redirects and playlist sizes, and times out every read.
 
+- ``proxy``: ``CheckingProxy`` is a forward proxy on 127.0.0.1 for a program outside
+  our process (the ffmpeg CLI reading DASH): each request it carries is checked the
+  same way, and the proxy connects to the checked address itself.
+
 Protocols other than HTTP (RTMP, RTSP, SRT) use ``destination`` and connect to the
 returned address (see ``relaystream.media.source``).
 

@@ -92,7 +92,7 @@ class _PinnedConnection(http.client.HTTPConnection):
         self.default_port = 443 if tls is not None else 80
 
     def connect(self) -> None:
-        sock = _connect_any(self.destination, self._limits)
+        sock = connect_checked(self.destination, self._limits)
         if self._tls is not None:
             try:
                 sock = self._tls.wrap_socket(sock, server_hostname=self.destination.host)
@@ -102,7 +102,7 @@ class _PinnedConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def _connect_any(destination: Destination, limits: HttpLimits) -> socket.socket:
+def connect_checked(destination: Destination, limits: HttpLimits) -> socket.socket:
     """Connect to the first of the checked addresses that answers."""
     last_error: OSError | None = None
     for address in destination.addresses:
