@@ -19,7 +19,7 @@ from aiortc import sdp
 
 from relaystream.rtc.ice import IceAddresses
 from tests.support.sdk import RtcService
-from tests.support.server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, RelayServer, start_server
+from tests.support.server import ACCESS_KEY_ID, APP_ID, SECRET_ACCESS_KEY, RelayServer, start_server
 from tests.support.tasks import running_relay
 from tests.support.viewer import WhepViewer
 
@@ -37,6 +37,11 @@ urls = ["turn:127.0.0.1:3478?transport=udp"]
 username = "viewer"
 credential = "turn-secret"
 """
+STUN_LINK = '<stun:127.0.0.1:3478>; rel="ice-server"'
+TURN_LINK = (
+    '<turn:127.0.0.1:3478?transport=udp>; rel="ice-server"; username="viewer"; '
+    'credential="turn-secret"; credential-type="password"'
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +104,13 @@ async def test_a_viewer_on_another_host_watches_over_https_through_the_announced
             offered = {c.ip for m in answer.media for c in m.ice_candidates}
             assert offered == {"127.0.0.1"}  # announced; never the bound 0.0.0.0
             assert viewer.selected_remote_address() == ("127.0.0.2", "127.0.0.1")
+            # A viewer whose token passed is handed both servers, TURN secret included.
+            assert viewer.ice_server_links == [STUN_LINK, TURN_LINK]
         finally:
             await viewer.close()
 
 
-async def test_browsers_are_handed_the_configured_stun_and_turn_servers(
+async def test_the_preflight_names_stun_but_keeps_turn_credentials_to_token_holders(
     server: RelayServer,
 ) -> None:
     async with (
@@ -112,12 +119,23 @@ async def test_browsers_are_handed_the_configured_stun_and_turn_servers(
     ):
         links = response.headers.getall("Link")
         exposed = response.headers["Access-Control-Expose-Headers"]
-    assert links == [
-        '<stun:127.0.0.1:3478>; rel="ice-server"',
-        '<turn:127.0.0.1:3478?transport=udp>; rel="ice-server"; username="viewer"; '
-        'credential="turn-secret"; credential-type="password"',
-    ]
+    assert links == [STUN_LINK]
     assert "Link" in exposed
+
+
+async def test_a_preflight_with_a_subscribe_token_is_handed_the_turn_credentials(
+    server: RelayServer,
+) -> None:
+    url = f"{server.base_url}/whep/{APP_ID}/{ROOM}/relay"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=server.tls)) as http:
+        good = {"Authorization": f"Bearer {server.subscribe_token(ROOM)}"}
+        async with http.options(url, headers=good) as response:
+            assert response.status == 204
+            assert response.headers.getall("Link") == [STUN_LINK, TURN_LINK]
+        wrong_room = {"Authorization": f"Bearer {server.subscribe_token('another-room')}"}
+        async with http.options(url, headers=wrong_room) as response:
+            assert response.status == 403
+            assert TURN_LINK not in response.headers.getall("Link", [])
 
 
 async def test_plain_http_is_not_answered_on_the_https_port(server: RelayServer) -> None:

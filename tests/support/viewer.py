@@ -82,6 +82,7 @@ class WhepViewer:
         self.ice_addresses = ice_addresses  # loopback unless the test plays another host
         self.ssl = ssl
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.ice_server_links: list[str] = []  # the answer's Link headers (STUN/TURN)
         self.tracks: dict[str, DecodedTrack] = {}
         self.session_url: str | None = None
         self._readers: list[asyncio.Task[None]] = []
@@ -111,6 +112,7 @@ class WhepViewer:
                 await self.pc.close()
                 raise WhepRefused(response.status, text)
             location = response.headers["Location"]
+            self.ice_server_links = response.headers.getall("Link", [])
         self.session_url = str(aiohttp.client.URL(self.whep_url).join(aiohttp.client.URL(location)))
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
 

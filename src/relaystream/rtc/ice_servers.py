@@ -3,6 +3,10 @@
 The server itself answers with host candidates (see ``ice.py``); a viewer behind a
 restrictive NAT or firewall needs a TURN relay of its own choosing, which the operator
 configures in ``[rtc] ice_servers`` and every offer/answer exchange advertises.
+
+TURN credentials go only to a client whose token was accepted (the ``201`` answer): the
+CORS preflight (``OPTIONS``) is answered to anyone, so it names only the servers that
+need no credentials.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ class IceServer:
     credential: str | None = None
 
 
-def link_headers(servers: tuple[IceServer, ...]) -> list[str]:
-    """One ``Link`` header value per URL, with the TURN credentials where given."""
+def link_headers(servers: tuple[IceServer, ...], *, with_credentials: bool) -> list[str]:
+    """One ``Link`` header value per URL; servers with credentials only if asked for."""
     values = []
     for server in servers:
+        if server.credential is not None and not with_credentials:
+            continue
         for url in server.urls:
             value = f'<{url}>; rel="ice-server"'
             if server.username is not None and server.credential is not None:

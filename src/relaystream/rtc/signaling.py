@@ -199,7 +199,9 @@ class PeerSessions:
         self._path_prefix = path_prefix
         self.settings = settings or SignalingSettings()
         self._caps = caps or SessionCaps(self.settings.session_limits)
-        self._links = link_headers(self.settings.ice_servers)
+        # Anyone may send a preflight; only a client whose token passed gets TURN secrets.
+        self._public_links = link_headers(self.settings.ice_servers, with_credentials=False)
+        self._links = link_headers(self.settings.ice_servers, with_credentials=True)
         self._sessions: dict[str, PeerSession] = {}
         self._closing: set[asyncio.Future[None]] = set()
 
@@ -210,8 +212,15 @@ class PeerSessions:
         return web.delete(self._path_prefix + "{session_id}", self.delete)
 
     async def preflight(self, _: web.Request) -> web.Response:
+        """The answer to anyone's ``OPTIONS``: the servers that need no credentials."""
         response = web.Response(status=204)
-        self._add_links(response)
+        self._add_links(response, self._public_links)
+        return response
+
+    def preflight_for_token_holder(self) -> web.Response:
+        """The answer to an ``OPTIONS`` whose token passed: every server, TURN included."""
+        response = web.Response(status=204)
+        self._add_links(response, self._links)
         return response
 
     def open(self, room: RoomKey) -> PeerSession:
@@ -255,11 +264,12 @@ class PeerSessions:
             text=session.pc.localDescription.sdp,
             headers={"Location": self._path_prefix + session.session_id},
         )
-        self._add_links(response)
+        self._add_links(response, self._links)
         return response
 
-    def _add_links(self, response: web.StreamResponse) -> None:
-        for link in self._links:
+    @staticmethod
+    def _add_links(response: web.StreamResponse, links: list[str]) -> None:
+        for link in links:
             response.headers.add("Link", link)
 
     async def delete(self, request: web.Request) -> web.Response:

@@ -56,6 +56,7 @@ class WhepEndpoint:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/whep/{app_id}/{room_id}/{user_id}", self.subscribe),
+            web.options("/whep/{app_id}/{room_id}/{user_id}", self.preflight),
             self._sessions.route(),
             web.options("/whep/{tail:.*}", self._sessions.preflight),
         ]
@@ -63,6 +64,19 @@ class WhepEndpoint:
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        """A browser's CORS preflight carries no token; a page of ours may send one."""
+        if "Authorization" not in request.headers:
+            return await self._sessions.preflight(request)
+        authorize(
+            request,
+            self._app_key_for,
+            app_id=request.match_info["app_id"],
+            room_id=request.match_info["room_id"],
+            privilege=Privilege.SUBSCRIBE_STREAM,
+        )
+        return self._sessions.preflight_for_token_holder()
 
     async def subscribe(self, request: web.Request) -> web.Response:
         app_id = request.match_info["app_id"]

@@ -131,7 +131,7 @@ function addPublisher({ userId, tracks }, token) {
 
 async function watch(publisher, token) {
   const url = `/whep/${[appId, roomId, publisher.userId].map(encodeURIComponent).join("/")}`;
-  const pc = new RTCPeerConnection({ iceServers: await iceServers(url) });
+  const pc = new RTCPeerConnection({ iceServers: await iceServers(url, token) });
   publisher.pc = pc;
   const stream = new MediaStream();
   publisher.video.srcObject = stream;
@@ -159,11 +159,14 @@ async function watch(publisher, token) {
 }
 
 // The STUN/TURN servers the operator configured, from the WHEP endpoint's Link headers
-// (RFC 9725): needed before the offer, since its candidates are gathered up front.
-async function iceServers(url) {
+// (RFC 9725): needed before the offer, since its candidates are gathered up front. The
+// token goes along (same origin: no CORS preflight), as TURN credentials are handed
+// only to a viewer whose token passes.
+async function iceServers(url, token) {
   let header = null;
   try {
-    header = (await fetch(url, { method: "OPTIONS" })).headers.get("Link");
+    const options = { method: "OPTIONS", headers: { Authorization: `Bearer ${token}` } };
+    header = (await fetch(url, options)).headers.get("Link");
   } catch {
     return [];
   }
