@@ -59,7 +59,9 @@ $(VENV)/.bench-installed: pyproject.toml constraints.txt | $(VENV)/bin/python
 
 # System packages the tests use, installed only when missing: the ffmpeg CLI (reference
 # and live RTMP publisher), nginx with the RTMP module (a real RTMP server), Chromium
-# (a real browser viewer), and PostgreSQL (a throwaway cluster for the shared store).
+# (a real browser viewer), Janus (a real room server), PostgreSQL (a throwaway cluster
+# for the shared store), and nftables (the 1:1 NAT in front of a server, built inside a
+# test's own network namespaces).
 check-system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
@@ -68,6 +70,7 @@ check-system-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v janus >/dev/null || [ -x /usr/bin/janus ] || missing="$$missing janus"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing="$$missing nftables"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && \

@@ -20,7 +20,7 @@ import pytest
 
 from relaystream.rtc.janus import JanusError, janus_room_access
 from tests.support.janus import JanusSubscriber, janus_server, list_participants
-from tests.support.netns import can_isolate, is_isolated, run_isolated
+from tests.support.netns import can_isolate, expect_passed, is_isolated, run_isolated
 from tests.support.sdk import RtcService
 from tests.support.server import (
     ACCESS_KEY_ID,
@@ -69,9 +69,7 @@ async def publishers(janus: str, room: int) -> list[str]:
 @pytest.mark.skipif(is_isolated(), reason="this is the outer run")
 def test_the_janus_story_passes_in_a_network_namespace_of_its_own(tmp_path: Path) -> None:
     story = f"{__file__}::test_a_relay_published_into_janus_is_decoded_and_leaves_on_stop"
-    run = run_isolated(story, tmp_path / "isolated")
-    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
-    assert run.returncode == 0 and summary.startswith("1 passed"), run.stdout + run.stderr
+    expect_passed(run_isolated(story, tmp_path / "isolated"))
 
 
 @pytest.mark.skipif(not is_isolated(), reason="runs inside the outer test's namespace")

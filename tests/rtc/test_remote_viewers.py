@@ -3,7 +3,9 @@
 127.0.0.2 plays the viewer's machine. The server binds its ICE sockets on every local
 address (0.0.0.0, as behind a 1:1 NAT where the public address is not a local one) and
 announces 127.0.0.1 as its public address: without the announcement its only candidate
-would be 0.0.0.0, which no viewer can reach. Every packet stays on loopback.
+would be 0.0.0.0, which no viewer can reach. Every packet stays on loopback. A public
+address that is not local at all, reached only through a 1:1 NAT, is in
+test_viewer_behind_nat.py.
 """
 
 from __future__ import annotations
