@@ -107,12 +107,17 @@ class LiveRelay:
         return {pid: cpu_seconds(pid) for pid in pids}
 
     def idle_cpu_pct(self, seconds: float) -> dict[int, float]:
-        """CPU % of each process of the tree over ``seconds`` while nothing is asked of it.
+        """CPU % of each process of the tree over ``seconds`` while nothing is asked of it,
+        once it is quiet (the quiet slice counts as part of the measurement)."""
+        first, started = self.wait_until_quiet()
+        time.sleep(max(0.0, started + seconds - time.monotonic()))
+        last, wall_s = self.tree_cpu_s(), time.monotonic() - started
+        return {pid: 100 * (last[pid] - first[pid]) / wall_s for pid in first.keys() & last}
 
-        Waits for the tree to go quiet first (a server answers /healthz before it has
-        finished starting; the last task's worker takes a moment to exit); the first
-        quiet slice is part of the measurement.
-        """
+    def wait_until_quiet(self) -> tuple[dict[int, float], float]:
+        """Wait until the tree is quiet over a slice: a server answers /healthz before it
+        has finished starting, and a stopped task's worker takes a moment to exit.
+        Returns the tree's CPU seconds and the time at the start of the quiet slice."""
         deadline = time.monotonic() + QUIET_TIMEOUT_S
         while True:
             first, started = self.tree_cpu_s(), time.monotonic()
@@ -120,11 +125,10 @@ class LiveRelay:
             sliced = self.tree_cpu_s()
             busy_s = sum(sliced[p] - first[p] for p in first.keys() & sliced)
             quiet = 100 * busy_s / (time.monotonic() - started) < QUIET_PCT
-            if (quiet and first.keys() == sliced.keys()) or time.monotonic() > deadline:
-                break
-        time.sleep(max(0.0, started + seconds - time.monotonic()))
-        last, wall_s = self.tree_cpu_s(), time.monotonic() - started
-        return {pid: 100 * (last[pid] - first[pid]) / wall_s for pid in first.keys() & last}
+            if quiet and first.keys() == sliced.keys():
+                return first, started
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server's tree is still busy after {QUIET_TIMEOUT_S} s")
 
     @contextlib.asynccontextmanager
     async def task(self, room_id: str, mode: TaskMode) -> AsyncIterator[RunningTask]:
