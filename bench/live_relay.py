@@ -86,7 +86,9 @@ class RunningTask:
     room_id: str
     task_id: str
     whep_url: str
-    pids: frozenset[int]  # the processes the server started for it
+    # The processes the server started while it started: its own, if no other task was
+    # starting at the same time.
+    pids: frozenset[int]
 
 
 class LiveRelay:

@@ -6,13 +6,14 @@ Run alone from the repository root::
 
 A real server relays a live RTMP source (``bench.live_relay``: 720p30 H.264 ~2.5 Mbit/s
 + AAC). Per task: a few remux tasks run at once; each worker's resident (RSS) and unique
-(USS: its private pages, what one more task costs the machine) memory, from
-``/proc/PID/smaps_rollup``, and how much the server grew per task. Per viewer: viewers
-(receiving audio and video, not decoding) join the first task step by step and the
-server's RSS is sampled at each step; the cost of one more viewer is the growth from the
-first viewer to the last, divided by the viewers added (the first one also pays the
-server's one-off start of WebRTC: OpenSSL, SRTP, codec tables). The reference, measured
-alongside on the same live source: the ffmpeg CLI doing the same media work
+(USS) memory, from ``/proc/PID/smaps_rollup``, and how much the server grew per task.
+USS counts the pages no other process maps: with several workers running, as in
+production, their libraries' pages are shared, so USS is what one more task costs.
+Per viewer: viewers (receiving audio and video, not decoding) join the first task step
+by step and the server's RSS is sampled at each step; one more viewer costs the growth
+from the first viewer to the last, divided by the viewers added (the first one also
+pays the server's one-off start of WebRTC: OpenSSL, SRTP, codec tables). The reference,
+measured alongside on the same live source: the ffmpeg CLI doing the same media work
 (``bench.ffmpeg_work``). Not in quick mode: a transcode task, against ffmpeg transcoding.
 """
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from bench.common import Memory, descendants, exit_on_sigterm, memory, table
 from bench.ffmpeg_work import ffmpeg_doing
 from bench.figure import Figure
-from bench.live_relay import REMUX, TRANSCODE, LiveRelay, RunningTask, TaskMode, live_relay
+from bench.live_relay import REMUX, TRANSCODE, LiveRelay, TaskMode, live_relay
 
 TARGET_USS_MIB = 40.0
 
@@ -41,7 +42,7 @@ class Timing:
     modes: tuple[TaskMode, ...]
 
 
-QUICK = Timing(tasks=1, viewer_steps=(1, 4), settle_s=0.5, modes=(REMUX,))
+QUICK = Timing(tasks=2, viewer_steps=(1, 4), settle_s=0.5, modes=(REMUX,))
 FULL = Timing(tasks=3, viewer_steps=(1, 2, 4, 8, 16), settle_s=2.0, modes=(REMUX, TRANSCODE))
 
 
@@ -64,11 +65,9 @@ class ViewerMemory:
         return (last_rss - first_rss) / (last - first)
 
 
-def worker_memory(task: RunningTask) -> Memory:
-    """The task's worker: its processes that started no process of their own."""
-    workers = [pid for pid in task.pids if not descendants(pid)]
-    found = [memory(pid) for pid in workers]
-    return Memory(sum(m.rss_mib for m in found), sum(m.uss_mib for m in found))
+def worker_memories(new_pids: set[int]) -> list[Memory]:
+    """The workers among the processes the server started: those that started none."""
+    return [memory(pid) for pid in new_pids if not descendants(pid)]
 
 
 def mean(memories: list[Memory]) -> Memory:
@@ -84,18 +83,25 @@ async def measure_tasks(
     """``count`` tasks of ``mode`` at once; with viewers of the first one if remuxing."""
     relay.wait_until_quiet()
     server_before = memory(relay.server_pid).rss_mib
+    tree_before = descendants(relay.server_pid)
     with ffmpeg_doing(relay.source_url, mode) as ffmpeg:
         async with contextlib.AsyncExitStack() as stack:
-            tasks = [
-                await stack.enter_async_context(relay.task(f"memory-{mode.name}-{i}", mode))
-                for i in range(count)
-            ]
+            # Started together: their workers start on both cores at once.
+            tasks = await asyncio.gather(
+                *(
+                    stack.enter_async_context(relay.task(f"memory-{mode.name}-{i}", mode))
+                    for i in range(count)
+                )
+            )
             await asyncio.sleep(timing.settle_s)
             server_rss = memory(relay.server_pid).rss_mib
+            workers = worker_memories(descendants(relay.server_pid) - tree_before)
+            if len(workers) != count:
+                raise RuntimeError(f"{len(workers)} workers for {count} {mode.name} tasks")
             task_memory = TaskMemory(
                 mode=mode,
                 tasks=count,
-                worker=mean([worker_memory(task) for task in tasks]),
+                worker=mean(workers),
                 server_growth_mib=(server_rss - server_before) / count,
                 ffmpeg=memory(ffmpeg.pid),
             )
@@ -173,11 +179,13 @@ def body(rows: list[TaskMemory], viewers: ViewerMemory, timing: Timing) -> str:
     )
     return (
         "A real server relays a live RTMP source (720p30 ~2.5 Mbit/s H.264 + AAC). "
-        f"{rows[0].tasks} remux task(s) at once: each worker's resident (RSS) and unique "
-        "(USS, its private pages: what one more task costs the machine) memory from "
-        "`/proc/PID/smaps_rollup`, the mean over the workers, and the server's RSS growth "
-        "per task. The reference, alongside on the same source: the ffmpeg CLI doing the "
-        "same media work (the commands of figure 1). Then viewers (audio and video, not "
+        f"{rows[0].tasks} remux tasks at once: each worker's resident (RSS) and unique "
+        "(USS) memory from `/proc/PID/smaps_rollup`, the mean over the workers, and the "
+        "server's RSS growth per task. USS counts the pages no other process maps: with "
+        "several workers running their libraries' pages are shared, so USS is what one more "
+        "task costs the machine. The reference, alongside on the same source: the ffmpeg "
+        "CLI doing the same media work (the commands of figure 1; its libraries are shared "
+        "with the ffmpeg that publishes the source). Then viewers (audio and video, not "
         "decoding) join the first task step by step; one more viewer costs the growth "
         "from the first viewer to the last divided by the viewers added: "
         f"**{viewers.per_viewer_mib:+.2f} MiB** (the first one also pays the server's "
