@@ -105,8 +105,11 @@ class LiveRelay:
 
     def tree_cpu_s(self) -> dict[int, float]:
         """CPU seconds so far of the server and of each of its descendants."""
-        pids = {self.server_pid, *descendants(self.server_pid)}
-        return {pid: cpu_seconds(pid) for pid in pids}
+        used: dict[int, float] = {}
+        for pid in {self.server_pid, *descendants(self.server_pid)}:
+            with contextlib.suppress(OSError):  # it has just exited
+                used[pid] = cpu_seconds(pid)
+        return used
 
     def idle_cpu_pct(self, seconds: float) -> dict[int, float]:
         """CPU % of each process of the tree over ``seconds`` while nothing is asked of it,
