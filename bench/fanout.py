@@ -137,7 +137,7 @@ def reply(message: dict[str, Any]) -> None:
     print(json.dumps(message), flush=True)
 
 
-async def run_sfu(clip: Path) -> None:
+async def run_sfu(clip: Path, port: int) -> None:
     packets, length = load_annexb(clip)
     rooms = RoomRegistry()
     whep = WhepEndpoint(rooms, lambda app_id: APP_KEY if app_id == APP_ID else None)
@@ -146,12 +146,11 @@ async def run_sfu(clip: Path) -> None:
     app.add_routes(whep.routes())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     stats = FeedStats()
     feeder = asyncio.create_task(feed(publication, packets, length, stats))
     commands = await stdin_lines()
-    reply({"port": port, "packets": len(packets), "clip_s": length / 90_000})
+    reply({"packets": len(packets), "clip_s": length / 90_000})
     try:
         while line := (await commands.readline()).strip():
             if feeder.done():
@@ -185,8 +184,12 @@ async def run_viewers(count: int, url: str, token: str) -> None:
 async def watch(count: int, url: str, token: str, decoders: list[CountingDecoder]) -> None:
     from tests.support.viewer import WhepViewer
 
-    viewers = [WhepViewer(url, token, kinds=("video",)) for _ in range(count)]
     commands = await stdin_lines()
+    # Started ahead of its turn: it says so once its imports are done, then waits.
+    reply({"started": count})
+    if (await commands.readline()).strip() != b"connect":
+        return
+    viewers = [WhepViewer(url, token, kinds=("video",)) for _ in range(count)]
     try:
         await asyncio.gather(*(viewer.connect() for viewer in viewers))
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
@@ -240,11 +243,11 @@ class Child:
         message: dict[str, Any] = json.loads(line)
         return message
 
-    def ask(self, command: str) -> dict[str, Any]:
+    def ask(self, command: str, timeout_s: float = 10.0) -> dict[str, Any]:
         assert self.process.stdin is not None
         self.process.stdin.write(command.encode() + b"\n")
         self.process.stdin.flush()
-        return self.receive(10)
+        return self.receive(timeout_s)
 
     def close(self, grace_s: float = 10.0) -> None:
         """Close stdin (the child's signal to clean up and exit), then make sure it did."""
@@ -279,22 +282,23 @@ class Row:
     max_late_ms: float
 
 
+def start_viewers(count: int, url: str, token: str, log: IO[bytes]) -> Child:
+    """A viewers' process that imports what it needs and waits to be told to connect."""
+    return Child(["--role", "viewers", "--count", str(count), "--url", url, "--token", token], log)
+
+
 def measure_viewers(
     sfu: Child,
-    count: int,
-    url: str,
-    token: str,
+    viewers: Child | None,
     timing: Timing,
-    log: IO[bytes],
     alongside: subprocess.Popen[bytes] | None = None,
 ) -> tuple[Row, float]:
-    """N viewers' window; also the CPU % of ``alongside`` over the same window, if any."""
-    viewers = None
+    """A window with ``viewers`` (none: N = 0); also the CPU % of ``alongside`` over the
+    same window, if any."""
+    count = 0
     try:
-        if count:
-            role = ["--role", "viewers", "--count", str(count), "--url", url, "--token", token]
-            viewers = Child(role, log)
-            viewers.receive(CONNECT_TIMEOUT_S + 10)
+        if viewers:
+            count = viewers.ask("connect", CONNECT_TIMEOUT_S + 10)["ready"]
         time.sleep(timing.settle_s)
         sfu.ask("stats")  # resets the lateness high-water mark
         before = viewers.ask("stats") if viewers else None
@@ -387,10 +391,17 @@ def run_controller(timing: Timing, fresh_clip: bool = False) -> Result:
         privileges=[Privilege.SUBSCRIBE_STREAM],
     )
     rows: list[Row] = []
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/whep/{APP_ID}/{ROOM_ID}/{PUBLISHER_ID}"
     with tempfile.TemporaryFile() as log:
-        sfu = Child(["--role", "sfu", "--clip", str(clip)], log)
+        sfu = Child(["--role", "sfu", "--clip", str(clip), "--port", str(port)], log)
+        # Every viewers' process starts now, beside the SFU: their imports are done
+        # before the first window, and none runs in another's window.
+        waiting = [start_viewers(count, url, token, log) for count in timing.counts[1:]]
         try:
             hello = sfu.receive(30)
+            for viewers in waiting:
+                viewers.receive(CONNECT_TIMEOUT_S)
             setup = (
                 f"publication: {CLIP.width}x{CLIP.height}@{CLIP.frame_rate} H.264 "
                 f"~{CLIP_VIDEO_KBPS} kbit/s Annex B, video only, {hello['packets']} packets "
@@ -399,20 +410,19 @@ def run_controller(timing: Timing, fresh_clip: bool = False) -> Result:
                 f"window {timing.window_s:.0f} s per N after {timing.settle_s:.1f} s of "
                 "settling; CPU % = CPU seconds per wall second, 100 % = one core"
             )
-            url = f"http://127.0.0.1:{hello['port']}/whep/{APP_ID}/{ROOM_ID}/{PUBLISHER_ID}"
             with ffmpeg_copy(clip) as reference:
-                baseline, reference_pct = measure_viewers(
-                    sfu, 0, url, token, timing, log, alongside=reference
-                )
+                baseline, reference_pct = measure_viewers(sfu, None, timing, reference)
             rows.append(baseline)
-            for count in timing.counts[1:]:
-                rows.append(measure_viewers(sfu, count, url, token, timing, log)[0])
+            for viewers in waiting:
+                rows.append(measure_viewers(sfu, viewers, timing)[0])
                 wait_for_no_sessions(sfu)
         except Exception:
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace")[-3000:])
             raise
         finally:
+            for viewers in waiting:
+                viewers.close()
             sfu.close()
     return Result(rows, reference_pct, timing.window_s, setup, load_average())
 
@@ -533,12 +543,13 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="write a PNG (needs make bench-deps)")
     parser.add_argument("--role", choices=["controller", "sfu", "viewers"], default="controller")
     parser.add_argument("--clip", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "sfu":
-        asyncio.run(run_sfu(args.clip))
+        asyncio.run(run_sfu(args.clip, args.port))
     elif args.role == "viewers":
         asyncio.run(run_viewers(args.count, args.url, args.token))
     else:
