@@ -217,7 +217,9 @@ def plot(rows: list[TaskMemory], viewers: ViewerMemory, path: Path) -> Path:
     tasks.set_ylabel("MiB")
     tasks.set_title("One task (720p30 over RTMP)")
     tasks.grid(axis="y", alpha=0.3)
-    tasks.legend(fontsize="small")
+    highest = max(max(values) for values, _ in bars.values())
+    tasks.set_ylim(0, max(highest, TARGET_USS_MIB) * 1.5)  # room for the legend
+    tasks.legend(fontsize="small", loc="upper left", ncol=2)
     counts = [n for n, _ in viewers.server_rss_mib]
     per_viewer.plot(counts, [rss for _, rss in viewers.server_rss_mib], marker="o")
     per_viewer.set_xlabel("viewers of one remux task")
