@@ -51,6 +51,8 @@ class TaskMemory:
     mode: TaskMode
     tasks: int
     worker: Memory  # mean over the tasks' workers
+    # The server's other descendants (a fork server...): paid once, whatever the tasks.
+    helpers: Memory
     server_growth_mib: float  # server RSS per task
     ffmpeg: Memory
 
@@ -65,9 +67,10 @@ class ViewerMemory:
         return (last_rss - first_rss) / (last - first)
 
 
-def worker_memories(new_pids: set[int]) -> list[Memory]:
-    """The workers among the processes the server started: those that started none."""
-    return [memory(pid) for pid in new_pids if not descendants(pid)]
+def is_worker(pid: int) -> bool:
+    """A process the server started that started none of its own (a fork server, say,
+    has its workers under it)."""
+    return not descendants(pid)
 
 
 def mean(memories: list[Memory]) -> Memory:
@@ -95,13 +98,16 @@ async def measure_tasks(
             )
             await asyncio.sleep(timing.settle_s)
             server_rss = memory(relay.server_pid).rss_mib
-            workers = worker_memories(descendants(relay.server_pid) - tree_before)
+            tree = descendants(relay.server_pid)
+            workers = [memory(pid) for pid in tree - tree_before if is_worker(pid)]
             if len(workers) != count:
                 raise RuntimeError(f"{len(workers)} workers for {count} {mode.name} tasks")
+            helpers = [memory(pid) for pid in tree if not is_worker(pid)]
             task_memory = TaskMemory(
                 mode=mode,
                 tasks=count,
                 worker=mean(workers),
+                helpers=Memory(sum(m.rss_mib for m in helpers), sum(m.uss_mib for m in helpers)),
                 server_growth_mib=(server_rss - server_before) / count,
                 ffmpeg=memory(ffmpeg.pid),
             )
@@ -173,6 +179,11 @@ def body(rows: list[TaskMemory], viewers: ViewerMemory, timing: Timing) -> str:
         ],
         task_lines,
     )
+    helpers = rows[0].helpers
+    helpers_line = (
+        f"the server's other processes (paid once, not per task): {helpers.rss_mib:.1f} MiB "
+        f"RSS, {helpers.uss_mib:.1f} MiB USS"
+    )
     viewer_table = table(
         ["viewers of the first remux task", "server RSS MiB"],
         [[str(n), f"{rss:.1f}"] for n, rss in viewers.server_rss_mib],
@@ -191,7 +202,7 @@ def body(rows: list[TaskMemory], viewers: ViewerMemory, timing: Timing) -> str:
         f"**{viewers.per_viewer_mib:+.2f} MiB** (the first one also pays the server's "
         f"one-off start of WebRTC). Memory read {timing.settle_s:.1f} s after each change; "
         f"target: worker <= {TARGET_USS_MIB:.0f} MiB unique.\n\n"
-        f"```\n{task_table}\n\n{viewer_table}\n```\n"
+        f"```\n{task_table}\n{helpers_line}\n\n{viewer_table}\n```\n"
     )
 
 
