@@ -53,6 +53,7 @@ class TaskMemory:
     worker: Memory  # mean over the tasks' workers
     # The server's other descendants (a fork server...): paid once, whatever the tasks.
     helpers: Memory
+    helper_count: int
     server_growth_mib: float  # server RSS per task
     ffmpeg: Memory
 
@@ -108,6 +109,7 @@ async def measure_tasks(
                 tasks=count,
                 worker=mean(workers),
                 helpers=Memory(sum(m.rss_mib for m in helpers), sum(m.uss_mib for m in helpers)),
+                helper_count=len(helpers),
                 server_growth_mib=(server_rss - server_before) / count,
                 ffmpeg=memory(ffmpeg.pid),
             )
@@ -179,10 +181,12 @@ def body(rows: list[TaskMemory], viewers: ViewerMemory, timing: Timing) -> str:
         ],
         task_lines,
     )
-    helpers = rows[0].helpers
+    helpers, helper_count = rows[0].helpers, rows[0].helper_count
     helpers_line = (
-        f"the server's other processes (paid once, not per task): {helpers.rss_mib:.1f} MiB "
-        f"RSS, {helpers.uss_mib:.1f} MiB USS"
+        f"the server's {helper_count} other process(es), paid once and not per task: "
+        f"{helpers.rss_mib:.1f} MiB RSS, {helpers.uss_mib:.1f} MiB USS"
+        if helper_count
+        else "the server has no process besides its workers"
     )
     viewer_table = table(
         ["viewers of the first remux task", "server RSS MiB"],
