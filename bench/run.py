@@ -215,9 +215,9 @@ def main() -> None:
     if args.quick and args.write:
         parser.error("--write takes a full run's numbers, not --quick's")
     exit_on_sigterm()
-    out_dir = args.out or (
-        Path(tempfile.mkdtemp(prefix="relaystream-bench-")) if args.quick else RESULTS_DIR
-    )
+    # A quick run draws no plot worth keeping: anything it writes goes with its temp dir.
+    scratch = tempfile.TemporaryDirectory(prefix="relaystream-bench-")
+    out_dir = args.out or (Path(scratch.name) if args.quick else RESULTS_DIR)
     command = shlex.join([".venv/bin/python", "-m", "bench.run", *sys.argv[1:]])
     machine = Machine.this_one()
     load_at_start, started_at, started = load_average(), datetime.now(UTC), time.monotonic()
@@ -225,9 +225,10 @@ def main() -> None:
     print(f"{mode} run of figures {args.figures} on {machine.describe()}", flush=True)
     print(f"load average at the start: {load_at_start}", flush=True)
     outcomes = []
-    for number in args.figures:
-        outcomes.append(run_figure(number, args.quick, out_dir))
-        print(outcomes[-1].line(), flush=True)
+    with scratch:
+        for number in args.figures:
+            outcomes.append(run_figure(number, args.quick, out_dir))
+            print(outcomes[-1].line(), flush=True)
     run = Run(
         outcomes,
         machine,
