@@ -12,8 +12,10 @@ Three processes, all on 127.0.0.1:
 - the viewers: N aiortc peers subscribing over WHEP, in a process of their own so that
   the SFU process does nothing but forward. One viewer decodes what it receives (proof
   that the stream is watchable); the others only count the frames they reassemble, so
-  the viewers' process stays light and does not compete with the SFU for the two cores;
-- this process, which starts them and reads the SFU's CPU time from /proc.
+  the viewers' process stays light and does not compete with the SFU for the two cores
+  (one such process per N, all started beside the SFU, so that no import runs in a
+  window);
+- this process, which starts them and reads the SFU's CPU time.
 
 N = 0 is the baseline: pacing the publication and keeping its GOP cache, no viewer. The
 increment over it, divided by N, is the cost of one viewer: packetization + SRTP +
