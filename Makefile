@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 CONFIG ?=
 DATA_DIR ?= data
 
-.PHONY: run test lint docs bench-deps bench-quick check-system-deps clean
+.PHONY: run test lint docs bench bench-deps bench-quick check-system-deps clean
 
 run: $(VENV)/.run-installed
 	$(BIN)/relaystream serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) \
@@ -44,14 +44,19 @@ $(VENV)/.test-installed: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@ $(VENV)/.run-installed
 
-# What the scripts in bench/ need on top of the tests' (matplotlib for the soak plot,
-# py-spy to profile the server and the workers: `py-spy record --subprocesses --pid PID`).
+# What the scripts in bench/ need on top of the tests' (matplotlib for the plots, py-spy
+# to profile the server and the workers: `py-spy record --subprocesses --pid PID`).
 bench-deps: $(VENV)/.bench-installed
 
-# One figure with its reference, measured in the same run: a remux worker's CPU against
-# the ffmpeg CLI doing the same media work (about 45 s once the clip is cached).
-bench-quick: $(VENV)/.test-installed
-	$(BIN)/python -m bench.media_cpu --modes remux
+# Every figure of BENCHMARKS.md, each against its reference measured in the same run,
+# one line each, with short windows: under a minute once the reference clip is cached.
+bench-quick: $(VENV)/.test-installed check-system-deps
+	$(BIN)/python -m bench.run --quick
+
+# The full run (about 10 minutes): writes its numbers and plots into BENCHMARKS.md,
+# between the bench:begin/bench:end markers, and the plots into bench/results/.
+bench: $(VENV)/.bench-installed check-system-deps
+	$(BIN)/python -m bench.run --write BENCHMARKS.md
 
 $(VENV)/.bench-installed: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,bench]'

@@ -1,4 +1,5 @@
-"""What the benchmarks share: the reference clip, CPU accounting of a process, tables."""
+"""What the benchmarks share: the reference clip, CPU and memory accounting of a process
+and its descendants, tables."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ CLIP_VIDEO_KBPS = 2500
 CLIP_NAME = "clip-720p30-2500k-20s.mp4"
 CACHE_DIR = Path(tempfile.gettempdir()) / "relaystream-bench"
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_CPUCLOCK_SCHED = 2
 
 
 def reference_clip(*, fresh: bool = False) -> tuple[Path, bool]:
@@ -55,40 +56,55 @@ def reference_clip(*, fresh: bool = False) -> tuple[Path, bool]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a running process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        fields = stat.read().rpartition(b")")[2].split()
-    # Fields 14 and 15 of proc(5); fields[0] here is field 3 (the state).
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    """User + system CPU time of a running process (all its threads, live or ended), in s.
 
-
-def peak_rss_mib(pid: int) -> float:
-    """VmHWM (peak resident set) of a running process, in MiB; 0 once it has exited."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def watch_peak_rss(process: subprocess.Popen[bytes], timeout_s: float) -> float:
-    """Follow a child's VmHWM until it exits (without reaping it); the last value, in MiB.
-
-    ``wait4``'s ``ru_maxrss`` is no use here: Linux carries the pre-exec high-water mark
-    over exec, so every child of this (large) Python process would report its size.
+    Read from the process's CPU-time clock, which counts nanoseconds; ``/proc/PID/stat``
+    counts 10 ms ticks, too coarse for the few seconds of a quick run. The clock id is
+    the one ``clock_getcpuclockid(3)`` makes: the kernel's ``(~pid << 3) | CPUCLOCK_SCHED``.
     """
-    deadline = time.monotonic() + timeout_s
-    peak = 0.0
-    while time.monotonic() < deadline:
-        exited = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        if exited is not None:
-            break
-        peak = max(peak, peak_rss_mib(process.pid))
-        time.sleep(0.1)
-    return peak
+    return time.clock_gettime((~pid << 3) | _CPUCLOCK_SCHED)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process under ``pid`` (children, their children...), not ``pid`` itself."""
+    found: set[int] = set()
+    parents = [pid]
+    while parents:
+        parent = parents.pop()
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{parent}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    for child in map(int, (task / "children").read_text().split()):
+                        if child not in found:
+                            found.add(child)
+                            parents.append(child)
+    return found
+
+
+@dataclass(frozen=True)
+class Memory:
+    """A running process's memory: resident, and unique (its private pages: what it
+    costs the machine on top of what it shares with other processes), in MiB."""
+
+    rss_mib: float
+    uss_mib: float
+
+
+def memory(pid: int) -> Memory:
+    """RSS and USS of a running process, from ``/proc/PID/smaps_rollup``."""
+    fields: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            name, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                fields[name] = int(rest.split()[0])
+    private_kib = fields["Private_Clean"] + fields["Private_Dirty"]
+    return Memory(rss_mib=fields["Rss"] / 1024, uss_mib=private_kib / 1024)
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as ``uptime`` prints them."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 @dataclass(frozen=True)

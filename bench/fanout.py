@@ -12,15 +12,17 @@ Three processes, all on 127.0.0.1:
 - the viewers: N aiortc peers subscribing over WHEP, in a process of their own so that
   the SFU process does nothing but forward. One viewer decodes what it receives (proof
   that the stream is watchable); the others only count the frames they reassemble, so
-  the viewers' process stays light and does not compete with the SFU for the two cores;
-- this process, which starts them and reads the SFU's CPU time from /proc.
+  the viewers' process stays light and does not compete with the SFU for the two cores
+  (one such process per N, all started beside the SFU, so that no import runs in a
+  window);
+- this process, which starts them and reads the SFU's CPU time.
 
 N = 0 is the baseline: pacing the publication and keeping its GOP cache, no viewer. The
 increment over it, divided by N, is the cost of one viewer: packetization + SRTP +
-RTCP, never an encode. The reference is measured in the same run: the ffmpeg CLI
-moving the same video in real time (``-re``, ``-c:v copy``, ``h264_mp4toannexb``, null
-muxer) for as long as one window; each viewer's cost is shown as a multiple of it.
-Takes about 2 minutes.
+RTCP, never an encode. The reference is measured in the same run, over the N = 0
+window: the ffmpeg CLI moving the same video in real time (``-re``, ``-c:v copy``,
+``h264_mp4toannexb``, null muxer); each viewer's cost is shown as a multiple of it.
+Takes about 2 minutes; ``make bench`` calls ``measure()`` (figure 2).
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import queue
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -50,11 +52,13 @@ from bench.common import (
     CLIP_VIDEO_KBPS,
     cpu_seconds,
     exit_on_sigterm,
-    reap,
+    load_average,
     reference_clip,
     stop,
     table,
 )
+from bench.counting_viewers import CountingDecoder, counting_decoders
+from bench.figure import Figure
 from relaystream.media.pipeline import VideoRemuxer
 from relaystream.media.wire import VIDEO_CLOCK, EncodedPacket
 from relaystream.rtc.room import Publication, RoomRegistry, TrackKind
@@ -135,7 +139,7 @@ def reply(message: dict[str, Any]) -> None:
     print(json.dumps(message), flush=True)
 
 
-async def run_sfu(clip: Path) -> None:
+async def run_sfu(clip: Path, port: int) -> None:
     packets, length = load_annexb(clip)
     rooms = RoomRegistry()
     whep = WhepEndpoint(rooms, lambda app_id: APP_KEY if app_id == APP_ID else None)
@@ -144,12 +148,11 @@ async def run_sfu(clip: Path) -> None:
     app.add_routes(whep.routes())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     stats = FeedStats()
     feeder = asyncio.create_task(feed(publication, packets, length, stats))
     commands = await stdin_lines()
-    reply({"port": port, "packets": len(packets), "clip_s": length / 90_000})
+    reply({"packets": len(packets), "clip_s": length / 90_000})
     try:
         while line := (await commands.readline()).strip():
             if feeder.done():
@@ -175,48 +178,20 @@ async def run_sfu(clip: Path) -> None:
 # --- the viewers' process --------------------------------------------------------------
 
 
-class CountingDecoder:
-    """Stands in for aiortc's H.264 decoder: counts reassembled frames; decodes only if
-    given a real decoder."""
-
-    def __init__(self, real: Any | None) -> None:
-        self.real = real
-        self.frames = 0
-        self.decoded = 0
-
-    def decode(self, encoded_frame: Any) -> list[Any]:
-        self.frames += 1
-        if self.real is None:
-            return []
-        frames = self.real.decode(encoded_frame)
-        self.decoded += len(frames)
-        return list(frames)
-
-
-def count_received_frames() -> list[CountingDecoder]:
-    """Make every receiver count its frames; the first one also decodes them."""
-    import aiortc.rtcrtpreceiver as receiver
-
-    make_decoder = receiver.get_decoder
-    decoders: list[CountingDecoder] = []
-    lock = threading.Lock()
-
-    def get_decoder(codec: Any) -> CountingDecoder:
-        with lock:
-            decoder = CountingDecoder(make_decoder(codec) if not decoders else None)
-            decoders.append(decoder)
-        return decoder
-
-    receiver.get_decoder = get_decoder
-    return decoders
-
-
 async def run_viewers(count: int, url: str, token: str) -> None:
+    with counting_decoders(decode_first_video=True) as decoders:
+        await watch(count, url, token, decoders)
+
+
+async def watch(count: int, url: str, token: str, decoders: list[CountingDecoder]) -> None:
     from tests.support.viewer import WhepViewer
 
-    decoders = count_received_frames()
-    viewers = [WhepViewer(url, token, kinds=("video",)) for _ in range(count)]
     commands = await stdin_lines()
+    # Started ahead of its turn: it says so once its imports are done, then waits.
+    reply({"started": count})
+    if (await commands.readline()).strip() != b"connect":
+        return
+    viewers = [WhepViewer(url, token, kinds=("video",)) for _ in range(count)]
     try:
         await asyncio.gather(*(viewer.connect() for viewer in viewers))
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
@@ -270,11 +245,11 @@ class Child:
         message: dict[str, Any] = json.loads(line)
         return message
 
-    def ask(self, command: str) -> dict[str, Any]:
+    def ask(self, command: str, timeout_s: float = 10.0) -> dict[str, Any]:
         assert self.process.stdin is not None
         self.process.stdin.write(command.encode() + b"\n")
         self.process.stdin.flush()
-        return self.receive(10)
+        return self.receive(timeout_s)
 
     def close(self, grace_s: float = 10.0) -> None:
         """Close stdin (the child's signal to clean up and exit), then make sure it did."""
@@ -288,6 +263,17 @@ class Child:
 
 
 @dataclass(frozen=True)
+class Timing:
+    counts: tuple[int, ...]  # viewer counts, 0 (the baseline) first
+    settle_s: float  # after the viewers receive video, before the window opens
+    window_s: float
+
+
+QUICK = Timing(counts=(0, 4), settle_s=0.5, window_s=2.0)
+FULL = Timing(counts=VIEWER_COUNTS, settle_s=SETTLE_S, window_s=10.0)
+
+
+@dataclass(frozen=True)
 class Row:
     viewers: int
     sfu_pct: float
@@ -298,25 +284,35 @@ class Row:
     max_late_ms: float
 
 
-def measure(sfu: Child, count: int, url: str, token: str, window_s: float, log: IO[bytes]) -> Row:
-    viewers = None
+def start_viewers(count: int, url: str, token: str, log: IO[bytes]) -> Child:
+    """A viewers' process that imports what it needs and waits to be told to connect."""
+    return Child(["--role", "viewers", "--count", str(count), "--url", url, "--token", token], log)
+
+
+def measure_viewers(
+    sfu: Child,
+    viewers: Child | None,
+    timing: Timing,
+    alongside: subprocess.Popen[bytes] | None = None,
+) -> tuple[Row, float]:
+    """A window with ``viewers`` (none: N = 0); also the CPU % of ``alongside`` over the
+    same window, if any."""
+    count = 0
     try:
-        if count:
-            role = ["--role", "viewers", "--count", str(count), "--url", url, "--token", token]
-            viewers = Child(role, log)
-            viewers.receive(CONNECT_TIMEOUT_S + 10)
-        time.sleep(SETTLE_S)
+        if viewers:
+            count = viewers.ask("connect", CONNECT_TIMEOUT_S + 10)["ready"]
+        time.sleep(timing.settle_s)
         sfu.ask("stats")  # resets the lateness high-water mark
         before = viewers.ask("stats") if viewers else None
-        sfu_cpu, viewers_cpu, wall = (
-            cpu_seconds(sfu.pid),
-            cpu_seconds(viewers.pid) if viewers else 0.0,
-            time.monotonic(),
-        )
-        time.sleep(window_s)
-        sfu_cpu = cpu_seconds(sfu.pid) - sfu_cpu
-        viewers_cpu = cpu_seconds(viewers.pid) - viewers_cpu if viewers else 0.0
-        wall = time.monotonic() - wall
+        pids = [
+            sfu.pid,
+            *([viewers.pid] if viewers else []),
+            *([alongside.pid] if alongside else []),
+        ]
+        cpu_before, started = {pid: cpu_seconds(pid) for pid in pids}, time.monotonic()
+        time.sleep(timing.window_s)
+        used_s = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in pids}
+        wall_s = time.monotonic() - started
         sfu_stats = sfu.ask("stats")
         after = viewers.ask("stats") if viewers else None
         if sfu_stats["subscribers"] != count:
@@ -329,15 +325,16 @@ def measure(sfu: Child, count: int, url: str, token: str, window_s: float, log: 
         if after and before
         else [0]
     )
-    return Row(
+    row = Row(
         viewers=count,
-        sfu_pct=100 * sfu_cpu / wall,
-        viewers_pct=100 * viewers_cpu / wall,
+        sfu_pct=100 * used_s[sfu.pid] / wall_s,
+        viewers_pct=100 * used_s[viewers.pid] / wall_s if viewers else 0.0,
         frames_min=min(frames),
         frames_max=max(frames),
         decoded=after["decoded"] - before["decoded"] if after and before else 0,
         max_late_ms=sfu_stats["max_late_ms"],
     )
+    return row, 100 * used_s[alongside.pid] / wall_s if alongside else 0.0
 
 
 def wait_for_no_sessions(sfu: Child, timeout_s: float = 10.0) -> None:
@@ -346,45 +343,45 @@ def wait_for_no_sessions(sfu: Child, timeout_s: float = 10.0) -> None:
         time.sleep(0.2)
 
 
-def ffmpeg_copy_pct(clip: Path, window_s: float) -> float:
-    """CPU % of the ffmpeg CLI moving the clip's video in real time for one window.
+REFERENCE_ARGS = ["-c:v", "copy", "-bsf:v", "h264_mp4toannexb", "-f", "null", "-"]
+
+
+@contextlib.contextmanager
+def ffmpeg_copy(clip: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The ffmpeg CLI moving the clip's video in real time, looped, until exit.
 
     The same media work as the publication without viewers (read H.264, Annex B, pace
     at 30 fps), with no WebRTC: the floor a viewer's cost is set against.
     """
-    command = [
-        "ffmpeg",
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-re",
-        "-stream_loop",
-        "-1",
-        "-i",
-        str(clip),
-        "-t",
-        f"{window_s:.1f}",
-        "-map",
-        "0:v:0",
-        "-c:v",
-        "copy",
-        "-bsf:v",
-        "h264_mp4toannexb",
-        "-f",
-        "null",
-        "-",
-    ]
-    started = time.monotonic()
+    command = ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1"]
+    command += ["-i", str(clip), "-map", "0:v:0", *REFERENCE_ARGS]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-    usage = reap(process, window_s + 30)
-    if usage.exit_code or usage.timed_out:
-        raise RuntimeError(f"ffmpeg reference failed: exit {usage.exit_code}")
-    return 100 * usage.cpu_s / (time.monotonic() - started)
+    try:
+        yield process
+        if process.poll() is not None:
+            raise RuntimeError(f"the ffmpeg reference exited with {process.returncode}")
+    finally:
+        stop(process)
 
 
-def run_controller(
-    window_s: float, counts: list[int], fresh_clip: bool, plot_path: Path | None
-) -> None:
+@dataclass(frozen=True)
+class Result:
+    rows: list[Row]
+    reference_pct: float  # ffmpeg moving the same video, over the N = 0 window
+    window_s: float
+    setup: str  # what was measured, for the report
+    load_at_end: str
+
+    @property
+    def per_viewer_pct(self) -> float:
+        """One viewer's cost at the largest N: the increment over N = 0, divided by N."""
+        last = self.rows[-1]
+        return (last.sfu_pct - self.rows[0].sfu_pct) / last.viewers
+
+
+def run_controller(timing: Timing, fresh_clip: bool = False) -> Result:
+    if timing.counts[0] != 0 or len(timing.counts) < 2:
+        raise ValueError("the viewer counts start with 0 (the baseline) and have one more")
     made_at = time.monotonic()
     clip, made = reference_clip(fresh=fresh_clip)
     how = f"made in {time.monotonic() - made_at:.0f} s" if made else "cached"
@@ -396,40 +393,81 @@ def run_controller(
         privileges=[Privilege.SUBSCRIBE_STREAM],
     )
     rows: list[Row] = []
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/whep/{APP_ID}/{ROOM_ID}/{PUBLISHER_ID}"
     with tempfile.TemporaryFile() as log:
-        sfu = Child(["--role", "sfu", "--clip", str(clip)], log)
+        sfu = Child(["--role", "sfu", "--clip", str(clip), "--port", str(port)], log)
+        # Every viewers' process starts now, beside the SFU: their imports are done
+        # before the first window, and none runs in another's window.
+        waiting = [start_viewers(count, url, token, log) for count in timing.counts[1:]]
         try:
             hello = sfu.receive(30)
-            print(
+            for viewers in waiting:
+                viewers.receive(CONNECT_TIMEOUT_S)
+            setup = (
                 f"publication: {CLIP.width}x{CLIP.height}@{CLIP.frame_rate} H.264 "
                 f"~{CLIP_VIDEO_KBPS} kbit/s Annex B, video only, {hello['packets']} packets "
-                f"looped every {hello['clip_s']:.0f} s ({how}: {clip})"
+                f"looped every {hello['clip_s']:.0f} s ({how}: {clip})\n"
+                f"load average: {load_average()}\n"
+                f"window {timing.window_s:.0f} s per N after {timing.settle_s:.1f} s of "
+                "settling; CPU % = CPU seconds per wall second, 100 % = one core"
             )
-            print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-            print(
-                f"window {window_s:.0f} s per N after {SETTLE_S:.0f} s of settling; "
-                "CPU % = CPU seconds per wall second, 100 % = one core"
-            )
-            url = f"http://127.0.0.1:{hello['port']}/whep/{APP_ID}/{ROOM_ID}/{PUBLISHER_ID}"
-            for count in counts:
-                rows.append(measure(sfu, count, url, token, window_s, log))
+            with ffmpeg_copy(clip) as reference:
+                baseline, reference_pct = measure_viewers(sfu, None, timing, reference)
+            rows.append(baseline)
+            for viewers in waiting:
+                rows.append(measure_viewers(sfu, viewers, timing)[0])
                 wait_for_no_sessions(sfu)
         except Exception:
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace")[-3000:])
             raise
         finally:
+            for viewers in waiting:
+                viewers.close()
             sfu.close()
-    reference_pct = ffmpeg_copy_pct(clip, window_s)
-    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print()
-    print(report(rows, window_s, reference_pct))
-    if plot_path is not None:
-        plot(rows, reference_pct, plot_path)
-        print(f"plot: {plot_path}")
+    return Result(rows, reference_pct, timing.window_s, setup, load_average())
 
 
-def plot(rows: list[Row], reference_pct: float, path: Path) -> None:
+def measure(quick: bool, out_dir: Path) -> Figure:
+    """Figure 2: the SFU's CPU for 0..16 viewers (0 and 4 in quick mode)."""
+    result = run_controller(QUICK if quick else FULL)
+    plots = [] if quick else [plot(result, out_dir / "fanout.png")]
+    per_viewer, last = result.per_viewer_pct, result.rows[-1]
+    ratio = per_viewer / result.reference_pct
+    # A saturated machine drops frames, and a viewer that gets fewer costs less: say so.
+    delivered = last.frames_min / (result.window_s * CLIP.frame_rate)
+    shortfall = f"; a viewer got only {delivered:.0%} of the frames" if delivered < 0.95 else ""
+    summary = (
+        f"each added viewer of one 720p30 H.264 publication: {per_viewer:.2f} % of a core "
+        f"at {last.viewers} viewers (SFU {last.sfu_pct:.1f} %, {result.rows[0].sfu_pct:.1f} % "
+        f"with none{shortfall}) vs ffmpeg -c:v copy of the same video "
+        f"{result.reference_pct:.1f} %: {ratio:.2f}x"
+    )
+    return Figure(
+        number=2,
+        title="Cost of each added viewer",
+        summary=summary,
+        ratio=ratio,
+        target="<= 0.5 % of a core per viewer",
+        body=FIGURE_TEXT + "```\n" + report(result) + "\n```\n",
+        plots=plots,
+    )
+
+
+FIGURE_TEXT = """\
+One 720p30 ~2.5 Mbit/s H.264 publication (video only) in an SFU process of its own (a
+`RoomRegistry` and a `WhepEndpoint`, fed the clip's H.264 as a task run feeds it), N
+WebRTC viewers in another process (viewer 1 decodes, the others count the frames they
+reassemble). N = 0 is the publication alone; the increment over it divided by N is one
+viewer's cost: packetization, SRTP, RTCP, never an encode. The reference, measured over
+the N = 0 window: the ffmpeg CLI moving the same video in real time (`-re -c:v copy -bsf:v
+h264_mp4toannexb -f null`). "per viewer / ffmpeg" is one viewer's cost as a multiple of it.
+
+"""
+
+
+def plot(result: Result, path: Path) -> Path:
     """SFU CPU against the number of viewers, beside the same run's ffmpeg reference."""
     import matplotlib
 
@@ -437,9 +475,11 @@ def plot(rows: list[Row], reference_pct: float, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4))
-    viewers = [row.viewers for row in rows]
-    axes.plot(viewers, [row.sfu_pct for row in rows], marker="o", label="SFU process")
-    axes.axhline(reference_pct, color="grey", linestyle="--", label="ffmpeg -c:v copy (same run)")
+    viewers = [row.viewers for row in result.rows]
+    axes.plot(viewers, [row.sfu_pct for row in result.rows], marker="o", label="SFU process")
+    axes.axhline(
+        result.reference_pct, color="grey", linestyle="--", label="ffmpeg -c:v copy (same run)"
+    )
     axes.set_xlabel("viewers of one 720p30 H.264 publication")
     axes.set_ylabel("CPU % of one core")
     axes.set_xticks(viewers)
@@ -449,10 +489,12 @@ def plot(rows: list[Row], reference_pct: float, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
+    return path
 
 
-def report(rows: list[Row], window_s: float, reference_pct: float) -> str:
-    baseline = next((r.sfu_pct for r in rows if r.viewers == 0), 0.0)
+def report(result: Result) -> str:
+    rows, reference_pct = result.rows, result.reference_pct
+    baseline = rows[0].sfu_pct
     lines: list[list[str]] = []
     for row in rows:
         n = row.viewers
@@ -465,8 +507,8 @@ def report(rows: list[Row], window_s: float, reference_pct: float) -> str:
                 str(n),
                 f"{row.sfu_pct:.1f}",
                 f"{row.sfu_pct - baseline:+.1f}",
-                f"{(row.sfu_pct - baseline) / n:.1f}",
-                f"{(row.sfu_pct - baseline) / n / reference_pct:.1f}x",
+                f"{(row.sfu_pct - baseline) / n:.2f}",
+                f"{(row.sfu_pct - baseline) / n / reference_pct:.2f}x",
                 f"{row.sfu_pct / reference_pct:.1f}x",
                 f"{row.frames_min}..{row.frames_max}",
                 str(row.decoded),
@@ -474,6 +516,7 @@ def report(rows: list[Row], window_s: float, reference_pct: float) -> str:
                 f"{row.max_late_ms:.0f}",
             ]
         )
+    window_s = result.window_s
     headers = [
         "N",
         "SFU CPU %",
@@ -486,39 +529,43 @@ def report(rows: list[Row], window_s: float, reference_pct: float) -> str:
         "viewers' proc CPU %",
         "feed max late ms",
     ]
-    notes = (
-        "\n\nreference, measured in this run: the ffmpeg CLI moving the same video in real "
-        f"time (-re -c:v copy -bsf:v h264_mp4toannexb -f null) used {reference_pct:.1f} % of "
-        "a core.\n'per viewer / ffmpeg' is one viewer's cost as a multiple of it; 'SFU / "
-        "ffmpeg' the whole SFU process's."
+    return (
+        f"{result.setup}\n\n{table(headers, lines)}\n\nreference, over the N = 0 window: "
+        f"ffmpeg {' '.join(REFERENCE_ARGS[:-3])} of the same video in real time used "
+        f"{reference_pct:.1f} % of a core; load average at the end: {result.load_at_end}"
     )
-    return table(headers, lines) + notes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="window per N (10)")
+    parser.add_argument("--seconds", type=float, default=FULL.window_s, help="window per N (10)")
     parser.add_argument(
         "--viewers",
         default=",".join(map(str, VIEWER_COUNTS)),
-        help="comma-separated viewer counts (0,1,2,4,8,16)",
+        help="comma-separated viewer counts after the baseline N = 0 (0,1,2,4,8,16)",
     )
     parser.add_argument("--fresh-clip", action="store_true", help="remake the cached clip")
     parser.add_argument("--plot", type=Path, help="write a PNG (needs make bench-deps)")
     parser.add_argument("--role", choices=["controller", "sfu", "viewers"], default="controller")
     parser.add_argument("--clip", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "sfu":
-        asyncio.run(run_sfu(args.clip))
+        asyncio.run(run_sfu(args.clip, args.port))
     elif args.role == "viewers":
         asyncio.run(run_viewers(args.count, args.url, args.token))
     else:
-        counts = [int(n) for n in args.viewers.split(",")]
         exit_on_sigterm()
-        run_controller(args.seconds, counts, args.fresh_clip, args.plot)
+        counts = sorted({0, *(int(n) for n in args.viewers.split(","))})
+        result = run_controller(
+            replace(FULL, counts=tuple(counts), window_s=args.seconds), args.fresh_clip
+        )
+        print(report(result))
+        if args.plot is not None:
+            print(f"plot: {plot(result, args.plot)}")
 
 
 if __name__ == "__main__":
