@@ -46,6 +46,13 @@ class RoomServer(StrEnum):
 class JanusConfig(_Strict):
     # Janus's HTTP API, e.g. "http://127.0.0.1:8088/janus".
     url: Annotated[str, Field(pattern=r"^https?://")]
+    # The same API as viewers' browsers reach it (the room page talks to Janus directly);
+    # ``url`` when unset.
+    browser_url: Annotated[str | None, Field(pattern=r"^https?://")] = None
+
+    @property
+    def url_for_browsers(self) -> str:
+        return self.browser_url or self.url
 
 
 class WhipConfig(_Strict):

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 ISOLATED_ENV = "RELAYSTREAM_ISOLATED_NETNS"
@@ -46,10 +47,10 @@ def is_isolated() -> bool:
 
 
 def run_isolated(
-    nodeid: str, basetemp: Path, timeout_s: float = 180
+    nodeids: Sequence[str], basetemp: Path, timeout_s: float = 180
 ) -> subprocess.CompletedProcess[str]:
-    """Runs pytest on ``nodeid`` in a fresh network namespace; its output is returned."""
-    command = [sys.executable, "-m", "pytest", nodeid, "-q", "-p", "no:cacheprovider"]
+    """Runs pytest on ``nodeids`` in a fresh network namespace; its output is returned."""
+    command = [sys.executable, "-m", "pytest", *nodeids, "-q", "-p", "no:cacheprovider"]
     return subprocess.run(
         ["unshare", "--net", "sh", "-c", _SETUP, "sh", *command, f"--basetemp={basetemp}"],
         env={**os.environ, ISOLATED_ENV: "1"},
