@@ -29,7 +29,7 @@ from relaystream.rtc.token import Privilege, generate_token
 from tests.support.chromium import chromium
 from tests.support.janus import JanusSubscriber, janus_server, list_participants
 from tests.support.net import free_port
-from tests.support.netns import can_isolate, is_isolated, run_isolated
+from tests.support.netns import CANDIDATE_ADDRESS, can_isolate, is_isolated, run_isolated
 from tests.support.room_page import wait_until_playing
 from tests.support.sdk import RtcService, VolcengineError
 from tests.support.server import (
@@ -47,6 +47,13 @@ pytestmark = pytest.mark.skipif(shutil.which("janus") is None, reason="needs Deb
 ROOM, USER, TASK = "room-on-janus", "relay", "janus-task"
 PAGE_ROOM, CAMERA = "janus-room-page", "camera"
 NO_SUCH_ROOM = 426
+# The address a publisher's media comes from, in the room page: its peer connection's
+# selected candidate pair.
+REMOTE_MEDIA_ADDRESS = """async (userId) => {
+  const stats = await window.relaystreamRoom.publishers.get(userId).pc.getStats();
+  const pair = [...stats.values()].find((s) => s.type === "candidate-pair" && s.nominated);
+  return pair ? stats.get(pair.remoteCandidateId).address : null;
+}"""
 INNER_TESTS = (
     "test_a_relay_published_into_janus_is_decoded_and_leaves_on_stop",
     "test_the_room_page_plays_a_janus_room_once_the_token_passes_the_gate",
@@ -210,6 +217,8 @@ async def test_the_room_page_plays_a_janus_room_once_the_token_passes_the_gate(
             assert await page.locator("#participants li").all_inner_texts() == [
                 f"{CAMERA} (audio + video)"
             ]
+            # Straight from Janus, whose candidates are all on this address.
+            assert await page.evaluate(REMOTE_MEDIA_ADDRESS, CAMERA) == CANDIDATE_ADDRESS
 
             assert await call(rtc, "StopRelayStream", key) == "ok"
             await page.locator(f"figure[data-user-id={CAMERA}]").wait_for(state="detached")
@@ -217,3 +226,4 @@ async def test_the_room_page_plays_a_janus_room_once_the_token_passes_the_gate(
     finally:
         with contextlib.suppress(VolcengineError):  # stopped already
             await call(rtc, "StopRelayStream", key)
+    assert access.pin not in origin.log()

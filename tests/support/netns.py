@@ -20,12 +20,14 @@ from pathlib import Path
 ISOLATED_ENV = "RELAYSTREAM_ISOLATED_NETNS"
 # The interface Janus is held to (its ice_enforce_list) inside the namespace.
 CANDIDATE_INTERFACE = "relaystream0"
+# Its address: the only one Janus offers candidates on.
+CANDIDATE_ADDRESS = "127.0.0.2"
 
 _SETUP = f"""
 set -e
 ip link set lo up
 ip link add {CANDIDATE_INTERFACE} type veth peer name relaystream1
-ip addr add 127.0.0.2/32 dev {CANDIDATE_INTERFACE}
+ip addr add {CANDIDATE_ADDRESS}/32 dev {CANDIDATE_INTERFACE}
 ip link set {CANDIDATE_INTERFACE} up
 ip link set relaystream1 up
 for conf in all default lo {CANDIDATE_INTERFACE} relaystream1; do
