@@ -56,10 +56,12 @@ export class JanusSession {
     return handle;
   }
 
-  // The event that answers `transaction` (an asynchronous plugin request).
+  // The event that will answer `transaction` (an asynchronous plugin request), and a
+  // way to stop waiting for it (Janus answered at once, or the request failed).
   answerTo(transaction) {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
+    let timer;
+    const answer = new Promise((resolve, reject) => {
+      timer = setTimeout(() => {
         this.waiting.delete(transaction);
         reject(new JanusError("Janus did not answer in time"));
       }, ANSWER_TIMEOUT_MS);
@@ -68,6 +70,12 @@ export class JanusSession {
         resolve(event);
       });
     });
+    answer.catch(() => {}); // awaited only once the post is answered
+    const forget = () => {
+      clearTimeout(timer);
+      this.waiting.delete(transaction);
+    };
+    return { answer, forget };
   }
 
   async poll() {
@@ -121,10 +129,15 @@ export class JanusHandle {
     if (jsep) message.jsep = jsep;
     // Waited for before posting: the event may come before the post's own answer.
     const later = this.session.answerTo(transaction);
-    later.catch(() => {});
-    let answer = await post(this.url, message);
-    if (answer.janus === "ack") answer = await later;
-    else this.session.waiting.delete(transaction);
+    let answer;
+    try {
+      answer = await post(this.url, message);
+    } catch (error) {
+      later.forget();
+      throw error;
+    }
+    if (answer.janus === "ack") answer = await later.answer;
+    else later.forget();
     const data = answer.plugindata?.data || {};
     if (data.error_code) throw new JanusError(data.error, data.error_code);
     return { data, jsep: answer.jsep };

@@ -26,6 +26,10 @@ export async function followJanusRoom(access, room, iceServersUrl) {
     for (const publisher of publishers || []) {
       if (gone.has(publisher.id) || feeds.has(publisher.id)) continue;
       const userId = publisher.display || String(publisher.id);
+      // A relay that rejoined Janus is a new feed under the same UserId: the new one wins.
+      for (const [feed, shown] of feeds) {
+        if (shown === userId) unpublish(feed);
+      }
       const kinds = (publisher.streams || []).filter((s) => !s.disabled).map((s) => s.type);
       feeds.set(publisher.id, userId);
       room.addPublisher({ userId, tracks: [...new Set(kinds)].sort() }, (tile) =>
