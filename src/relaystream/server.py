@@ -212,7 +212,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
         region=config.region,
         demo_stream_url=settings.demo_url_prefix + DEMO_CLIP_NAME,
         room_owner=supervisor.room_owner_url,
-        janus_browser_url=config.janus.url_for_browsers if config.janus else None,
+        janus_origin=config.janus.browser_origin if config.janus else None,
     )
     ready = asyncio.Event()
 

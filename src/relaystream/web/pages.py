@@ -8,9 +8,7 @@ only for a checked token (``/rooms/.../access``: the room's Janus pin).
 
 from __future__ import annotations
 
-import re
 from importlib.resources import files
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -28,8 +26,6 @@ STATIC_FILES = {
     "style.css": "text/css",
 }
 
-_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
-
 
 def _security_headers(connect_origins: tuple[str, ...] = ()) -> dict[str, str]:
     """Scripts, styles and fetches from this origin only: an injected script could read
@@ -39,7 +35,7 @@ def _security_headers(connect_origins: tuple[str, ...] = ()) -> dict[str, str]:
     connect_src = " ".join(("'self'", *connect_origins))
     return {
         "Content-Security-Policy": (
-            f"default-src 'none'; script-src 'self'; style-src 'self'; "
+            "default-src 'none'; script-src 'self'; style-src 'self'; "
             f"connect-src {connect_src}; img-src 'self' data:; "
             "media-src 'self' blob: mediastream:; base-uri 'none'; "
             "form-action 'none'; frame-ancestors 'none'"
@@ -48,15 +44,6 @@ def _security_headers(connect_origins: tuple[str, ...] = ()) -> dict[str, str]:
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "no-cache",
     }
-
-
-def origin_of(url: str) -> str:
-    """``scheme://host[:port]`` of ``url``, as a Content-Security-Policy source."""
-    parts = urlsplit(url)
-    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-    if not _ORIGIN.match(origin):
-        raise ValueError(f"{url!r} has no origin a page may fetch from")
-    return origin
 
 
 def _static(name: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -76,12 +63,11 @@ class WebPages:
         region: str,
         demo_stream_url: str,
         room_owner: RoomOwnerLookup | None = None,
-        janus_browser_url: str | None = None,
+        janus_origin: str | None = None,
     ) -> None:
         self._settings = {"region": region, "demoStreamUrl": demo_stream_url}
         # The room page of a room on Janus talks to Janus's HTTP API itself.
-        janus_origins = (origin_of(janus_browser_url),) if janus_browser_url else ()
-        self._room_page_headers = _security_headers(janus_origins)
+        self._room_page_headers = _security_headers((janus_origin,) if janus_origin else ())
         # Several nodes: the page is served by the room's node, so that its fetches
         # (events, WHEP) reach that node from the same origin.
         self._room_owner = room_owner
