@@ -81,6 +81,24 @@ def test_an_app_on_janus_needs_a_janus_section() -> None:
     assert config.janus is not None and config.janus.url.endswith("/janus")
 
 
+def test_browsers_reach_janus_at_its_browser_url_or_its_url() -> None:
+    janus = {"url": "http://127.0.0.1:8088/janus"}
+    config = parse_config({"janus": janus}, "t")
+    assert config.janus is not None and config.janus.browser_origin == "http://127.0.0.1:8088"
+
+    public = {**janus, "browser_url": "https://janus.example.com/janus"}
+    config = parse_config({"janus": public}, "t")
+    assert config.janus is not None
+    assert config.janus.url_for_browsers == "https://janus.example.com/janus"
+    assert config.janus.browser_origin == "https://janus.example.com"
+
+    # The origin goes into the room page's Content-Security-Policy as it is; a browser
+    # does not fetch a URL with credentials in it.
+    for odd in ("https://janus.example.com;script-src*/janus", "https://u:p@janus.example.com"):
+        with pytest.raises(ConfigError, match=r"janus.*no plain scheme://host:port origin"):
+            parse_config({"janus": {**janus, "browser_url": odd}}, "t")
+
+
 def test_a_whip_target_must_be_an_http_url() -> None:
     app = {"app_id": APP, "app_key": "k", "whip": {"url_template": "ftp://x/{room_id}"}}
     with pytest.raises(ConfigError, match=r"apps\.0\.whip\.url_template"):

@@ -7,12 +7,14 @@ falls back to a default.
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 import string
 import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -46,6 +48,30 @@ class RoomServer(StrEnum):
 class JanusConfig(_Strict):
     # Janus's HTTP API, e.g. "http://127.0.0.1:8088/janus".
     url: Annotated[str, Field(pattern=r"^https?://")]
+    # The same API as viewers' browsers reach it (the room page talks to Janus directly);
+    # ``url`` when unset.
+    browser_url: Annotated[str | None, Field(pattern=r"^https?://")] = None
+
+    @property
+    def url_for_browsers(self) -> str:
+        return self.browser_url or self.url
+
+    @property
+    def browser_origin(self) -> str:
+        """``scheme://host[:port]`` of ``url_for_browsers``: what the room page may fetch."""
+        parts = urlsplit(self.url_for_browsers)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @model_validator(mode="after")
+    def _browser_origin_is_plain(self) -> JanusConfig:
+        # It goes into the room page's Content-Security-Policy as it is; and a browser's
+        # fetch refuses a URL with credentials in it.
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", self.browser_origin):
+            raise ValueError(
+                f"{self.url_for_browsers!r} has no plain scheme://host:port origin for "
+                "browsers (set browser_url)"
+            )
+        return self
 
 
 class WhipConfig(_Strict):

@@ -83,8 +83,12 @@ DESCRIPTIONS: dict[str, str] = {
     "`janus` (the Janus VideoRoom of `[janus]`). `[apps.whip]` overrides both.",
     "janus": "A Janus server (VideoRoom plugin, HTTP API) hosting the rooms of apps with "
     '`room_server = "janus"`.',
-    "janus.url": "Janus's HTTP API, e.g. `http://127.0.0.1:8088/janus`; relaystream creates "
-    "rooms there, and the room page talks to it directly.",
+    "janus.url": "Janus's HTTP API, e.g. `http://127.0.0.1:8088/janus`, as this server "
+    "reaches it; relaystream creates rooms and publishes there.",
+    "janus.browser_url": "The same API as viewers' browsers reach it (the room page talks "
+    "to Janus directly, once the subscribe token is checked); unset: `url`. Its origin is "
+    "allowed in the room page's `connect-src`; Janus must allow the page's origin (CORS: "
+    "`allow_origin` in `janus.transport.http.jcfg`).",
     "apps.whip": "Publish this AppId's relays to a WHIP endpoint (another relaystream "
     "node, MediaMTX, LiveKit's WHIP ingress, a CDN) instead of the embedded SFU.",
     "apps.whip.url_template": "The endpoint's URL; `{app_id}`, `{room_id}` and `{user_id}` "

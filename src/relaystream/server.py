@@ -44,6 +44,7 @@ from relaystream.tasks.runner import RunSettings, SourcePolicy
 from relaystream.tasks.service import TaskService
 from relaystream.tasks.supervisor import TaskSupervisor
 from relaystream.web.pages import WebPages
+from relaystream.web.room_access import RoomAccessEndpoint
 from relaystream.web.room_events import RoomEventStreams
 
 logger = logging.getLogger(__name__)
@@ -155,9 +156,10 @@ async def build_app(settings: ServerSettings) -> web.Application:
     )
     slots = RunningSlots(per_node=config.tasks.max_running_per_node, per_app=config.max_running_for)
     outbox = CallbackOutbox(config.has_callbacks)
+    janus_rooms = janus_connectors(config)
     supervisor = TaskSupervisor(
         store,
-        room_connector(config, rooms),
+        room_connector(config, rooms, janus_rooms),
         policy,
         slots,
         RunSettings(lifetime_s=config.tasks.lifetime_s),
@@ -182,7 +184,12 @@ async def build_app(settings: ServerSettings) -> web.Application:
     # One count for both endpoints: the node's cap is on every session it holds.
     session_caps = SessionCaps(signaling.session_limits)
     whep = WhepEndpoint(
-        rooms, config.app_key_for, signaling, session_caps, owner_url=supervisor.owner_url
+        rooms,
+        config.app_key_for,
+        signaling,
+        session_caps,
+        owner_url=supervisor.owner_url,
+        janus_hosted=janus_rooms.__contains__,
     )
 
     async def is_task_user(app_id: str, room_id: str, user_id: str) -> bool:
@@ -200,10 +207,12 @@ async def build_app(settings: ServerSettings) -> web.Application:
         room_owner=supervisor.room_owner_url,
     )
     room_events = RoomEventStreams(rooms, config.app_key_for, room_owner=supervisor.room_owner_url)
+    room_access = RoomAccessEndpoint(config.app_key_for, janus_rooms.get)
     pages = WebPages(
         region=config.region,
         demo_stream_url=settings.demo_url_prefix + DEMO_CLIP_NAME,
         room_owner=supervisor.room_owner_url,
+        janus_origin=config.janus.browser_origin if config.janus else None,
     )
     ready = asyncio.Event()
 
@@ -251,6 +260,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
     app.add_routes(whep.routes())
     app.add_routes(whip.routes())
     app.add_routes(room_events.routes())
+    app.add_routes(room_access.routes())
     app.add_routes(pages.routes())
     app.add_routes([web.get("/healthz", healthz)])
     app.add_routes([web.get(f"/demo/{DEMO_CLIP_NAME}", demo_clip)])
@@ -292,16 +302,30 @@ async def build_app(settings: ServerSettings) -> web.Application:
     return app
 
 
-def room_connector(config: Config, rooms: RoomRegistry) -> RoomConnector:
+def janus_connectors(config: Config) -> dict[str, JanusRoomConnector]:
+    """The connector of each app whose rooms live on Janus, by AppId."""
+    janus = config.janus
+    if janus is None:
+        return {}
+    connector = JanusRoomConnector(
+        janus.url,
+        config.app_key_for,
+        IceAddresses(local=config.rtc.ice_addresses),
+        browser_url=janus.url_for_browsers,
+    )
+    return {app.app_id: connector for app in config.apps if app.room_server is RoomServer.JANUS}
+
+
+def room_connector(
+    config: Config, rooms: RoomRegistry, janus_rooms: dict[str, JanusRoomConnector]
+) -> RoomConnector:
     """Each app's room server: the embedded SFU unless its config names another."""
     ice = IceAddresses(local=config.rtc.ice_addresses)
-    per_app: dict[str, RoomConnector] = {}
+    per_app: dict[str, RoomConnector] = dict(janus_rooms)
     for app in config.apps:
         if app.whip is not None:
             target = WhipTarget(app.whip.url_template, app.whip.bearer_token)
             per_app[app.app_id] = WhipRoomConnector(target, config.app_key_for, ice)
-        elif app.room_server is RoomServer.JANUS and config.janus is not None:
-            per_app[app.app_id] = JanusRoomConnector(config.janus.url, config.app_key_for, ice)
     return PerAppRoomConnector(EmbeddedRoomConnector(rooms, config.app_key_for), per_app)
 
 

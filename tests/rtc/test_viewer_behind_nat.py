@@ -49,7 +49,7 @@ CLIP = ClipSpec(duration_s=40.0, width=320, height=180, frame_rate=15)
 @pytest.mark.skipif(is_isolated(), reason="this is the outer run")
 def test_the_nat_story_passes_in_network_namespaces_of_its_own(tmp_path: Path) -> None:
     story = f"{__file__}::test_a_viewer_reaches_the_server_only_through_its_public_address"
-    expect_passed(run_isolated(story, tmp_path / "isolated", setup=LOOPBACK_ONLY))
+    expect_passed(run_isolated([story], tmp_path / "isolated", setup=LOOPBACK_ONLY))
 
 
 @pytest.fixture(scope="module")

@@ -40,8 +40,11 @@ def _disable(kind: str, names: str) -> str:
 
 
 @contextlib.contextmanager
-def janus_server(workdir: Path) -> Iterator[str]:
-    """Janus's HTTP API URL, while Janus runs."""
+def janus_server(workdir: Path, *, allow_origin: str | None = None) -> Iterator[str]:
+    """Janus's HTTP API URL, while Janus runs; with ``allow_origin``, browsers let only
+    pages of that origin read its answers. (Not ``enforce_cors``: it also refuses every
+    request without an ``Origin``, relaystream's own included.)"""
+    cors = f'allow_origin = "{allow_origin}"' if allow_origin else ""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     (workdir / "janus.jcfg").write_text(
@@ -77,7 +80,9 @@ general: {{
   https = false
 }}
 admin: {{ admin_http = false }}
-cors: {{ }}
+cors: {{
+  {cors}
+}}
 """
     )
     (workdir / "janus.plugin.videoroom.jcfg").write_text("general: { }\n")

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,14 @@ import pytest
 ISOLATED_ENV = "RELAYSTREAM_ISOLATED_NETNS"
 # The interface Janus is held to (its ice_enforce_list) inside the namespace.
 CANDIDATE_INTERFACE = "relaystream0"
+# Its address: the only one Janus offers candidates on.
+CANDIDATE_ADDRESS = "127.0.0.2"
 
 LINK_WITH_LOOPBACK_ADDRESS = f"""
 set -e
 ip link set lo up
 ip link add {CANDIDATE_INTERFACE} type veth peer name relaystream1
-ip addr add 127.0.0.2/32 dev {CANDIDATE_INTERFACE}
+ip addr add {CANDIDATE_ADDRESS}/32 dev {CANDIDATE_INTERFACE}
 ip link set {CANDIDATE_INTERFACE} up
 ip link set relaystream1 up
 for conf in all default lo {CANDIDATE_INTERFACE} relaystream1; do
@@ -55,15 +58,15 @@ def is_isolated() -> bool:
 
 
 def run_isolated(
-    nodeid: str,
+    nodeids: Sequence[str],
     basetemp: Path,
     timeout_s: float = 180,
     *,
     setup: str = LINK_WITH_LOOPBACK_ADDRESS,
 ) -> subprocess.CompletedProcess[str]:
-    """Runs pytest on ``nodeid`` in a fresh network namespace set up by the shell script
+    """Runs pytest on ``nodeids`` in a fresh network namespace set up by the shell script
     ``setup`` (which ends by running its arguments); its output is returned."""
-    command = [sys.executable, "-m", "pytest", nodeid, "-q", "-rs", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", *nodeids, "-q", "-rs", "-p", "no:cacheprovider"]
     return subprocess.run(
         ["unshare", "--net", "sh", "-c", setup, "sh", *command, f"--basetemp={basetemp}"],
         env={**os.environ, ISOLATED_ENV: "1"},
@@ -74,12 +77,12 @@ def run_isolated(
     )
 
 
-def expect_passed(run: subprocess.CompletedProcess[str]) -> None:
-    """The outer test's verdict on ``run_isolated``: pass when its one test passed, skip
-    with its reason when it skipped (a kernel without veth, say), fail otherwise."""
+def expect_passed(run: subprocess.CompletedProcess[str], count: int = 1) -> None:
+    """The outer test's verdict on ``run_isolated``: pass when its ``count`` tests passed,
+    skip with the reason when they skipped (a kernel without veth, say), fail otherwise."""
     lines = run.stdout.strip().splitlines()
     summary = lines[-1] if lines else ""
-    if run.returncode == 0 and summary.startswith("1 skipped"):
+    if run.returncode == 0 and summary.startswith(f"{count} skipped"):
         reasons = [line.split(": ", 1)[-1] for line in lines if line.startswith("SKIPPED")]
         pytest.skip(f"in its network namespace: {reasons[0] if reasons else summary}")
-    assert run.returncode == 0 and summary.startswith("1 passed"), run.stdout + run.stderr
+    assert run.returncode == 0 and summary.startswith(f"{count} passed"), run.stdout + run.stderr

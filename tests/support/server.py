@@ -65,10 +65,12 @@ class RelayServer:
             **kwargs,
         )
 
-    def subscribe_token(self, room_id: str, user_id: str = "viewer") -> str:
+    def subscribe_token(
+        self, room_id: str, user_id: str = "viewer", *, app_id: str = APP_ID
+    ) -> str:
         return generate_token(
-            app_id=APP_ID,
-            app_key=APP_KEY,
+            app_id=app_id,
+            app_key=APP_KEYS[app_id],
             room_id=room_id,
             user_id=user_id,
             privileges=[Privilege.SUBSCRIBE_STREAM],
@@ -177,11 +179,13 @@ def start_server(
     serve_args: tuple[str, ...] = (),
     tls: ssl.SSLContext | None = None,
     env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> RelayServer:
-    """A server with the test config (see ``write_config``) on a free port; ``serve_args``
-    are more options of ``relaystream serve``; with ``--tls-cert`` among them, ``tls`` is
-    a client context that trusts the certificate; ``env`` more environment (its workers
-    inherit it, so a test can tell whose workers are whose)."""
+    """A server with the test config (see ``write_config``) on a free port (or ``port``,
+    when its origin must be known before it starts); ``serve_args`` are more options of
+    ``relaystream serve``; with ``--tls-cert`` among them, ``tls`` is a client context
+    that trusts the certificate; ``env`` more environment (its workers inherit it, so a
+    test can tell whose workers are whose)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
         workdir / "relaystream.toml",
@@ -191,7 +195,7 @@ def start_server(
         app_toml=app_toml,
         callbacks_toml=callbacks_toml,
     )
-    return serve(workdir, config, serve_args=serve_args, tls=tls, env=env)
+    return serve(workdir, config, port=port, serve_args=serve_args, tls=tls, env=env)
 
 
 def serve(

@@ -46,6 +46,20 @@ async def test_the_event_stream_wants_a_subscribe_token_in_the_header(
             assert response.status == 403
 
 
+async def test_the_access_gate_says_an_embedded_room_plays_here(relay_server: RelayServer) -> None:
+    url = f"{relay_server.base_url}/rooms/{APP_ID}/{ROOM}/access"
+    token = relay_server.subscribe_token(ROOM)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as response:
+            assert response.status == 401
+        async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 200
+            assert await response.json() == {"roomServer": "embedded"}
+        async with http.get(f"{relay_server.base_url}/rooms/{APP_ID}/{ROOM}") as response:
+            # No Janus in this config: the room page fetches from its own origin only.
+            assert "connect-src 'self';" in response.headers["Content-Security-Policy"]
+
+
 async def test_the_event_stream_tells_who_joins_and_leaves(
     relay_server: RelayServer, clips: dict[str, Path]
 ) -> None:

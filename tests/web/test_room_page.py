@@ -3,64 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
-from playwright.async_api import Page
-
 from tests.support.chromium import chromium
+from tests.support.room_page import wait_until_playing
 from tests.support.sdk import RtcService, VolcengineError
 from tests.support.server import APP_ID, RelayServer
 from tests.support.tasks import call, task_key, wait_for_status
 
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
 ROOM = "room-page"
-
-# What the page shows of each publisher: decoded frames of its <video>, the picture
-# size, and the audio bytes its peer connection has received.
-PLAYBACK = """async () => {
-  const seen = {};
-  for (const [userId, publisher] of window.relaystreamRoom.publishers) {
-    let audioBytes = 0;
-    if (publisher.pc) {
-      (await publisher.pc.getStats()).forEach((s) => {
-        if (s.type === "inbound-rtp" && s.kind === "audio") audioBytes += s.bytesReceived;
-      });
-    }
-    seen[userId] = {
-      frames: publisher.video.getVideoPlaybackQuality().totalVideoFrames,
-      width: publisher.video.videoWidth,
-      height: publisher.video.videoHeight,
-      audioBytes,
-    };
-  }
-  return seen;
-}"""
-
-
-async def playback(page: Page) -> dict[str, dict[str, Any]]:
-    seen: dict[str, dict[str, Any]] = await page.evaluate(PLAYBACK)
-    return seen
-
-
-async def wait_until_playing(page: Page, user: str, timeout_s: float = 30.0) -> dict[str, Any]:
-    """Wait until ``user``'s video has decoded frames and keeps decoding, with sound."""
-    deadline = time.monotonic() + timeout_s
-    first: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
-        now = (await playback(page)).get(user)
-        if now and now["frames"] > 0 and now["audioBytes"] > 0:
-            if first is None:
-                first = now
-            elif now["frames"] >= first["frames"] + 30 and now["audioBytes"] > first["audioBytes"]:
-                return now
-        await page.wait_for_timeout(250)
-    status = await page.locator("#status").inner_text()
-    raise AssertionError(
-        f"{user} is not playing ({status!r}): first {first}, now {await playback(page)}"
-    )
 
 
 async def start_relay(rtc: RtcService, server: RelayServer, media_url: str, user: str) -> None:

@@ -20,7 +20,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -55,7 +55,17 @@ class JanusRoomAccess:
     """What a viewer needs to join a relaystream room on Janus."""
 
     room: int
-    pin: str
+    pin: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class JanusViewerAccess:
+    """What the room page needs to watch a room on Janus, straight from Janus: handed
+    out only to a viewer whose subscribe token was checked."""
+
+    url: str  # Janus's HTTP API, as browsers reach it
+    room: int
+    pin: str = field(repr=False)
 
 
 def janus_room_access(app_id: str, app_key: str, room_id: str) -> JanusRoomAccess:
@@ -231,10 +241,22 @@ class JanusRoomConnector:
         url: str,
         app_key_for: AppKeyLookup,
         ice_addresses: IceAddresses | None = None,
+        *,
+        browser_url: str | None = None,
     ) -> None:
         self._url = url
+        self._browser_url = browser_url or url
         self._app_key_for = app_key_for
         self._ice_addresses = ice_addresses or IceAddresses()
+
+    def viewer_access(self, app_id: str, room_id: str) -> JanusViewerAccess | None:
+        """The room's Janus access for a viewer; None for an unknown AppId. The caller
+        checks the viewer's subscribe token first."""
+        app_key = self._app_key_for(app_id)
+        if app_key is None:
+            return None
+        access = janus_room_access(app_id, app_key, room_id)
+        return JanusViewerAccess(url=self._browser_url, room=access.room, pin=access.pin)
 
     async def join(
         self,

@@ -3,12 +3,17 @@
 ``POST /whep/{app_id}/{room_id}/{user_id}`` with an SDP offer and ``Authorization:
 Bearer <token>`` (an AccessToken with SubscribeStream for that room) answers ``201`` with
 the SDP answer, candidates included, and a session URL that ``DELETE`` ends.
+
+A room hosted on Janus cannot be played this way: Janus makes the offer to its viewers
+and takes none, so a client's offer could only be answered by forwarding the media once
+more. Its WHEP URL answers ``409`` pointing at the room page and its ``/access`` gate.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 from aiohttp import web
 from aiortc import RTCSessionDescription
@@ -33,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 # (app_id, room_id, user_id) → the base URL of the node that publishes it, if another.
 OwnerLookup = Callable[[str, str, str], Awaitable[str | None]]
+# AppId → whether its rooms live on Janus.
+JanusHosted = Callable[[str], bool]
 
 
 class WhepEndpoint:
@@ -46,8 +53,10 @@ class WhepEndpoint:
         caps: SessionCaps | None = None,
         *,
         owner_url: OwnerLookup | None = None,
+        janus_hosted: JanusHosted | None = None,
     ) -> None:
         self._rooms = rooms
+        self._janus_hosted = janus_hosted
         self._app_key_for = app_key_for
         # Several nodes: the base URL of the node a publisher runs on, when not this one.
         self._owner_url = owner_url
@@ -89,6 +98,8 @@ class WhepEndpoint:
             room_id=room_id,
             privilege=Privilege.SUBSCRIBE_STREAM,
         )
+        if self._janus_hosted is not None and self._janus_hosted(app_id):
+            raise web.HTTPConflict(text=_on_janus(app_id, room_id))
         offer = await read_sdp_offer(request, self._sessions.settings.offer_bounds)
         publication = self._rooms.find_publication(app_id, room_id, user_id)
         if publication is None and self._owner_url is not None:
@@ -139,6 +150,15 @@ class WhepEndpoint:
         self._sessions.use_ice_settings(session)
         await pc.setRemoteDescription(offer)
         await pc.setLocalDescription(await pc.createAnswer())
+
+
+def _on_janus(app_id: str, room_id: str) -> str:
+    room = f"/rooms/{quote(app_id, safe='')}/{quote(room_id, safe='')}"
+    return (
+        f"room {room_id!r} is hosted on Janus, which makes the offer to its viewers, so "
+        f"WHEP cannot play it: open the room page {room}, or GET {room}/access with this "
+        "token for Janus's URL, the room's id and its pin\n"
+    )
 
 
 def _log_viewer(event: str, publication: Publication, viewer_id: str) -> None:

@@ -1,13 +1,21 @@
 // The room page: everyone publishing in /rooms/{AppId}/{RoomId}, one <video> each.
 // The token comes from the URL fragment (#token=...) or the form, and is sent only in
-// Authorization headers: to the participant stream and to each WHEP offer.
+// Authorization headers: to the room's access gate, the participant stream and each WHEP
+// offer. The gate says where the room's media is: on this server (followed with the
+// participant stream, played with WHEP), or in a Janus VideoRoom that the page joins
+// itself with the pin the gate hands out (room_janus.js).
+
+import { JanusError } from "/static/janus_api.js";
+import { iceGathered, iceServers, showTracks } from "/static/player.js";
+import { followJanusRoom } from "/static/room_janus.js";
 
 const [, , appId, roomId] = location.pathname.split("/").map(decodeURIComponent);
+const roomPath = `/rooms/${encodeURIComponent(appId)}/${encodeURIComponent(roomId)}`;
 const RETRY_MS = 2000;
-const ICE_GATHERING_MS = 2000;
+const JANUS_NO_SUCH_ROOM = 426;
 
 // Tests and curious users can look at the live peers here.
-const state = { publishers: new Map(), eventsConnected: false };
+const state = { publishers: new Map(), connected: false };
 window.relaystreamRoom = state;
 
 const $ = (id) => document.getElementById(id);
@@ -33,13 +41,32 @@ function askForToken(message) {
 
 class Refused extends Error {}
 
-// --- the participant list, over server-sent events read with fetch ---------------
+async function throwIfRefused(response) {
+  if (response.status === 401 || response.status === 403) {
+    throw new Refused(`The token was refused: ${(await response.text()).trim()}`);
+  }
+}
+
+function connected() {
+  state.connected = true;
+  showStatus("Live");
+}
+
+// --- following the room, wherever it is ---------------------------------------------
 
 async function followRoom(token) {
   for (;;) {
     try {
-      await readEvents(token);
-      showStatus("Reconnecting…");
+      const access = await roomAccess(token);
+      if (access.roomServer === "janus") {
+        // Any publisher's WHEP URL answers with the room's STUN/TURN servers.
+        const servers = () => iceServers(whepUrl("ice-servers"), token);
+        const reason = await followJanusRoom(access.janus, janusRoomView, servers);
+        showStatus(`Reconnecting: ${reason}`, true);
+      } else {
+        await readEvents(token);
+        showStatus("Reconnecting…");
+      }
     } catch (error) {
       if (error instanceof Refused) {
         closeAll();
@@ -47,22 +74,38 @@ async function followRoom(token) {
         askForToken(error.message);
         return;
       }
-      showStatus(`Reconnecting: ${error.message}`, true);
+      if (error instanceof JanusError && error.code === JANUS_NO_SUCH_ROOM) {
+        showStatus("Nobody has published in this room yet");
+      } else {
+        showStatus(`Reconnecting: ${error.message}`, true);
+      }
     }
-    state.eventsConnected = false;
+    state.connected = false;
     await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
   }
 }
 
+// Asked again on every reconnection, so a token that has expired since stops working.
+async function roomAccess(token) {
+  const response = await fetch(`${roomPath}/access`, {
+    headers: { Authorization: `Bearer ${token}` },
+  });
+  await throwIfRefused(response);
+  if (!response.ok) throw new Error(`the room's access answered ${response.status}`);
+  return response.json();
+}
+
+const janusRoomView = { addPublisher, removePublisher, removeAll: closeAll, connected };
+
+// --- an embedded room's participants, over server-sent events read with fetch -------
+
 async function readEvents(token) {
-  const url = `/rooms/${encodeURIComponent(appId)}/${encodeURIComponent(roomId)}/events`;
-  const response = await fetch(url, { headers: { Authorization: `Bearer ${token}` } });
-  if (response.status === 401 || response.status === 403) {
-    throw new Refused(`The token was refused: ${(await response.text()).trim()}`);
-  }
+  const response = await fetch(`${roomPath}/events`, {
+    headers: { Authorization: `Bearer ${token}` },
+  });
+  await throwIfRefused(response);
   if (!response.ok) throw new Error(`events answered ${response.status}`);
-  state.eventsConnected = true;
-  showStatus("Live");
+  connected();
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
@@ -86,22 +129,25 @@ function onEvent(block, token) {
   }
   if (!data) return; // a keep-alive comment
   const payload = JSON.parse(data);
+  const whep = (publisher) => watchWithWhep(publisher, token);
   if (name === "snapshot") {
     const present = new Set(payload.publishers.map((p) => p.userId));
     for (const userId of [...state.publishers.keys()]) {
       if (!present.has(userId)) removePublisher(userId);
     }
-    for (const publisher of payload.publishers) addPublisher(publisher, token);
+    for (const publisher of payload.publishers) addPublisher(publisher, whep);
   } else if (name === "joined") {
-    addPublisher(payload, token);
+    addPublisher(payload, whep);
   } else if (name === "left") {
     removePublisher(payload.userId);
   }
 }
 
-// --- one WHEP session per publisher ------------------------------------------------
+// --- one tile per publisher, whatever plays it -------------------------------------
 
-function addPublisher({ userId, tracks }, token) {
+// `watcher(publisher)` plays the publisher in its tile; what it opens it hands to
+// publisher.onLeave, which runs it when the publisher leaves (at once if it has left).
+function addPublisher({ userId, tracks }, watcher) {
   if (state.publishers.has(userId)) return;
   const tile = document.createElement("figure");
   tile.className = "tile";
@@ -120,26 +166,45 @@ function addPublisher({ userId, tracks }, token) {
   item.textContent = `${userId} (${tracks.join(" + ")})`;
   $("participants").append(item);
 
-  const publisher = { userId, tracks, video, tile, item, pc: null, sessionUrl: null };
+  const closers = [];
+  const publisher = {
+    userId,
+    tracks,
+    video,
+    tile,
+    item,
+    pc: null,
+    left: false,
+    onLeave(close) {
+      if (publisher.left) close();
+      else closers.push(close);
+    },
+    leave() {
+      publisher.left = true;
+      for (const close of closers.splice(0)) close();
+    },
+  };
   state.publishers.set(userId, publisher);
   updateCount();
-  watch(publisher, token).catch((error) => {
+  watcher(publisher).catch((error) => {
     caption.textContent = `${userId}: ${error.message}`;
     caption.classList.add("error");
   });
 }
 
-async function watch(publisher, token) {
-  const url = `/whep/${[appId, roomId, publisher.userId].map(encodeURIComponent).join("/")}`;
+// --- an embedded room: one WHEP session per publisher -------------------------------
+
+function whepUrl(userId) {
+  return `/whep/${[appId, roomId, userId].map(encodeURIComponent).join("/")}`;
+}
+
+async function watchWithWhep(publisher, token) {
+  const url = whepUrl(publisher.userId);
   const pc = new RTCPeerConnection({ iceServers: await iceServers(url, token) });
   publisher.pc = pc;
-  const stream = new MediaStream();
-  publisher.video.srcObject = stream;
+  publisher.onLeave(() => pc.close());
+  showTracks(pc, publisher.video);
   for (const kind of publisher.tracks) pc.addTransceiver(kind, { direction: "recvonly" });
-  pc.ontrack = (event) => {
-    stream.addTrack(event.track);
-    play(publisher.video);
-  };
   await pc.setLocalDescription(await pc.createOffer());
   await iceGathered(pc);
   const response = await fetch(url, {
@@ -150,74 +215,10 @@ async function watch(publisher, token) {
   if (response.status !== 201) {
     throw new Error(`WHEP answered ${response.status}: ${(await response.text()).trim()}`);
   }
-  publisher.sessionUrl = new URL(response.headers.get("Location"), location.href).href;
-  if (!state.publishers.has(publisher.userId)) {
-    leave(publisher); // left while we were connecting
-    return;
-  }
+  const sessionUrl = new URL(response.headers.get("Location"), location.href).href;
+  publisher.onLeave(() => fetch(sessionUrl, { method: "DELETE" }).catch(() => {}));
+  if (publisher.left) return; // left while we were connecting
   await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
-}
-
-// The STUN/TURN servers the operator configured, from the WHEP endpoint's Link headers
-// (RFC 9725): needed before the offer, since its candidates are gathered up front. The
-// token goes along (same origin: no CORS preflight), as TURN credentials are handed
-// only to a viewer whose token passes.
-async function iceServers(url, token) {
-  let header = null;
-  try {
-    const options = { method: "OPTIONS", headers: { Authorization: `Bearer ${token}` } };
-    header = (await fetch(url, options)).headers.get("Link");
-  } catch {
-    return [];
-  }
-  const servers = [];
-  for (const [, target, params] of (header || "").matchAll(/<([^>]*)>([^<]*)/g)) {
-    const values = Object.fromEntries(
-      [...params.matchAll(/;\s*([\w-]+)="((?:[^"\\]|\\.)*)"/g)].map(([, key, value]) => [
-        key,
-        value.replace(/\\(.)/g, "$1"),
-      ]),
-    );
-    if (values.rel !== "ice-server") continue;
-    const server = { urls: target };
-    if (values.username !== undefined) server.username = values.username;
-    if (values.credential !== undefined) server.credential = values.credential;
-    servers.push(server);
-  }
-  return servers;
-}
-
-// The server takes no trickled candidates: the offer carries them all.
-function iceGathered(pc) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      if (pc.iceGatheringState === "complete") resolve();
-    };
-    pc.addEventListener("icegatheringstatechange", done);
-    setTimeout(resolve, ICE_GATHERING_MS);
-  });
-}
-
-// With sound if the browser allows it; otherwise muted, with a button to unmute.
-async function play(video) {
-  try {
-    await video.play();
-  } catch (error) {
-    if (error.name !== "NotAllowedError") return;
-    video.muted = true;
-    await video.play().catch(() => {});
-    const tile = video.parentElement;
-    if (tile && !tile.querySelector("button")) {
-      const unmute = document.createElement("button");
-      unmute.textContent = "Unmute";
-      unmute.onclick = () => {
-        video.muted = false;
-        unmute.remove();
-      };
-      tile.append(unmute);
-    }
-  }
 }
 
 function removePublisher(userId) {
@@ -227,12 +228,7 @@ function removePublisher(userId) {
   publisher.tile.remove();
   publisher.item.remove();
   updateCount();
-  leave(publisher);
-}
-
-function leave(publisher) {
-  if (publisher.pc) publisher.pc.close();
-  if (publisher.sessionUrl) fetch(publisher.sessionUrl, { method: "DELETE" }).catch(() => {});
+  publisher.leave();
 }
 
 function closeAll() {
