@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from relaystream.media.launcher import WorkerStart
 from relaystream.netpolicy import literal_address
 
 DEMO_ACCOUNT_FILE = "demo-account.toml"
@@ -94,6 +95,8 @@ class MediaConfig(_Strict):
     # Transcoding a larger picture is refused (portrait measured like landscape).
     max_transcode_width: Annotated[int, Field(ge=16)] = 4096
     max_transcode_height: Annotated[int, Field(ge=16)] = 2160
+    # Forked from a pre-imported fork server (fast, shares library pages), or spawned.
+    worker_start: WorkerStart = WorkerStart.FORK
 
 
 class CallbacksConfig(_Strict):
