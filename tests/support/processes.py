@@ -30,11 +30,14 @@ def _is_fork_server(pid: int) -> bool:
 
 
 def _is_media_worker(entry: Path) -> bool:
+    """A live media worker (an exited one, not yet reaped, no longer counts)."""
     try:
+        if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
         if (entry / "comm").read_text().strip() == WORKER_PROCESS_NAME:
             return True
         cmdline = (entry / "cmdline").read_bytes()
-    except OSError:
+    except (OSError, IndexError):
         return False
     if _SPAWNED_WORKER in cmdline:
         return True

@@ -114,15 +114,25 @@ class ForkServer:
         return True
 
     def _fork(self, fds: list[int]) -> int:
+        # The pid is reported once the child leads its own process group, never before:
+        # a kill of the group in between would find no group and miss the worker.
+        settled_read, settled_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
-                self._become_worker(fds)
+                os.close(settled_read)
+                self._become_worker(fds, settled_write)
             finally:
                 os._exit(_EXIT_FORK_FAILED)
+        os.close(settled_write)
+        try:
+            while os.read(settled_read, 1):  # EOF: the child is settled (or dead)
+                pass
+        finally:
+            os.close(settled_read)
         return pid
 
-    def _become_worker(self, fds: list[int]) -> None:
+    def _become_worker(self, fds: list[int], settled: int) -> None:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -137,6 +147,7 @@ class ForkServer:
             os.dup2(fd, target)
         for fd in fds:
             os.close(fd)
+        os.close(settled)
         gc.enable()
         from relaystream.media import worker
 
