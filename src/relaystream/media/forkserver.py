@@ -148,7 +148,6 @@ class ForkServer:
         for fd in fds:
             os.close(fd)
         os.close(settled)
-        gc.enable()
         from relaystream.media import worker
 
         os._exit(worker.main())
@@ -176,12 +175,14 @@ def main() -> int:
     _die_with_parent(int(sys.argv[2]))
     # A Ctrl-C meant for the server is not for us: we end when the server does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Nothing collects garbage before a fork: the collector writes to every object it
-    # visits, which would copy the shared pages into each worker.
+    # What is imported now is shared with every worker; the collector writes to each
+    # object it visits, which would copy those pages into each worker, so it is kept
+    # away from them: frozen, they are never visited again, here or in a worker.
     gc.disable()
     for module in _PRELOAD:
         importlib.import_module(module)
     gc.freeze()
+    gc.enable()
     ForkServer(control).serve()
     return 0
 
