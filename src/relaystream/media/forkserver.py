@@ -1,8 +1,9 @@
 """The fork server: a clean process that imports the media worker once and forks workers.
 
 A spawned worker spends ~0.5 s starting Python and importing PyAV before it reads its
-spec, and holds its own copy of every library page. The fork server pays that once per
-relaystream server: it imports what a worker needs, then forks one child per request.
+spec, and builds its own copy of every imported module's objects and the libraries'
+data. The fork server pays that once per relaystream server: it imports what a worker
+needs, then forks one child per request, which shares those pages until it writes them.
 The child runs ``worker.main()`` exactly as a spawned worker would, on the pipes the
 server handed over, so the wire channel is the same (launcher.py is the server's side).
 
@@ -18,7 +19,8 @@ Control channel: a SOCK_SEQPACKET unix socket on the fd named by ``argv[1]``.
 
 The end of the control channel means the server is gone: the fork server exits (its
 workers are not touched; each exits by itself on its stdin's end). PR_SET_PDEATHSIG
-covers a server killed before the socket could tell.
+covers a server killed before the socket could tell (it fires when the thread that
+started us ends: the server's event loop thread, which lives as long as the server).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import signal
 import socket
 import sys
 import threading
+import traceback
 
 FORK_REQUEST = b"fork"
 # What a worker imports, on top of worker.py's own imports (fetch imports these lazily).
@@ -122,6 +125,8 @@ class ForkServer:
             try:
                 os.close(settled_read)
                 self._become_worker(fds, settled_write)
+            except BaseException:
+                traceback.print_exc()  # to the worker's stderr, which the server logs
             finally:
                 os._exit(_EXIT_FORK_FAILED)
         os.close(settled_write)

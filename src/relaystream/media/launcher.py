@@ -199,6 +199,9 @@ class ForkServerConnection:
                 # Out of the server's process group: only the server decides its end.
                 start_new_session=True,
             )
+        except OSError as exc:
+            ours.close()
+            raise ForkServerError(f"the fork server did not start: {exc}") from exc
         finally:
             theirs.close()
         ours.setblocking(False)
@@ -230,6 +233,12 @@ class ForkServerConnection:
             _close_all((stdin_read, stdout_write, stderr_write))
         try:
             forked = await asyncio.wait_for(asyncio.shield(started), FORK_TIMEOUT_S)
+        except TimeoutError as exc:
+            _close_all(ours)
+            # Wedged: end it, so that the next worker gets a fresh one.
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            raise ForkServerError(f"the fork server hung for {FORK_TIMEOUT_S:.0f} s") from exc
         except BaseException:
             _close_all(ours)
             raise
@@ -243,10 +252,10 @@ class ForkServerConnection:
 
     async def close(self) -> None:
         """End the fork server (it exits at the end of its control socket)."""
-        self._control.close()
         with contextlib.suppress(asyncio.CancelledError):
             self._reader.cancel()
             await self._reader
+        self._control.close()
         try:
             await asyncio.wait_for(self._process.wait(), _CLOSE_TIMEOUT_S)
         except TimeoutError:
