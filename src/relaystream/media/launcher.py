@@ -211,6 +211,9 @@ class ForkServerConnection:
         except (TimeoutError, ForkServerError) as exc:
             await connection.close()
             raise ForkServerError(f"the fork server did not start: {exc or 'timed out'}") from exc
+        except asyncio.CancelledError:
+            await connection.close()
+            raise
         return connection
 
     async def fork(self) -> ForkedWorker:
