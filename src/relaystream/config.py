@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from relaystream.media.launcher import WorkerStart
 from relaystream.netpolicy import literal_address
 
 DEMO_ACCOUNT_FILE = "demo-account.toml"
@@ -120,6 +121,8 @@ class MediaConfig(_Strict):
     # Transcoding a larger picture is refused (portrait measured like landscape).
     max_transcode_width: Annotated[int, Field(ge=16)] = 4096
     max_transcode_height: Annotated[int, Field(ge=16)] = 2160
+    # Forked from a pre-imported fork server (fast, shares library pages), or spawned.
+    worker_start: WorkerStart = WorkerStart.FORK
 
 
 class CallbacksConfig(_Strict):

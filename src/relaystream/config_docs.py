@@ -122,6 +122,9 @@ DESCRIPTIONS: dict[str, str] = {
     "ends `SourceError` and is not relaunched.",
     "media.max_transcode_width": "A source picture wider than this is refused in transcode.",
     "media.max_transcode_height": "A source picture taller than this is refused in transcode.",
+    "media.worker_start": "`fork`: workers are forked from a fork server started with the "
+    "server, which has imported the media libraries once (a worker starts in a few ms and "
+    "shares their memory); `spawn`: each worker is a new Python process (~0.5 s to start).",
     "metrics": "The Prometheus endpoint, `GET /metrics`.",
     "metrics.token": "When set, `/metrics` needs `Authorization: Bearer <token>`.",
 }

@@ -20,6 +20,7 @@ from relaystream.callbacks.outbox import CallbackOutbox
 from relaystream.callbacks.sender import HttpCallbackSender
 from relaystream.config import Config, RoomServer, RtcConfig
 from relaystream.logs import log_event
+from relaystream.media.launcher import worker_launcher
 from relaystream.media.source import ALLOW_PRIVATE_SETTING
 from relaystream.media.testsrc import ClipSpec, make_test_clip
 from relaystream.metrics import MetricsEndpoint, TaskSample
@@ -157,12 +158,14 @@ async def build_app(settings: ServerSettings) -> web.Application:
     slots = RunningSlots(per_node=config.tasks.max_running_per_node, per_app=config.max_running_for)
     outbox = CallbackOutbox(config.has_callbacks)
     janus_rooms = janus_connectors(config)
+    # One fork server (or none) per server, shared by every task's workers.
+    launcher = worker_launcher(config.media.worker_start)
     supervisor = TaskSupervisor(
         store,
         room_connector(config, rooms, janus_rooms),
         policy,
         slots,
-        RunSettings(lifetime_s=config.tasks.lifetime_s),
+        RunSettings(lifetime_s=config.tasks.lifetime_s, launcher=launcher),
         outbox,
         NodeSettings(
             node_id=config.node.id or node_id(settings.data_dir),
@@ -268,6 +271,8 @@ async def build_app(settings: ServerSettings) -> web.Application:
     async def on_startup(_: web.Application) -> None:
         await supervisor.resume()
         background.append(asyncio.create_task(retention.run_forever(), name="retention"))
+        # The fork server imports in the background; a worker wanted sooner waits for it.
+        background.append(asyncio.create_task(launcher.prepare(), name="worker-launcher"))
         # Events left undelivered by the last process (even a SIGKILLed one) go now.
         background.append(asyncio.create_task(delivery.run_forever(), name="callbacks"))
         # What exists now (modules, the app, resumed tasks) lives as long as the server:
@@ -290,6 +295,7 @@ async def build_app(settings: ServerSettings) -> web.Application:
         # start, and writes the clip aside, renaming it only once whole.
         await supervisor.shutdown()
         await asyncio.gather(*background, return_exceptions=True)
+        await launcher.close()
         sender.close()
         await whip.close_all()
         await whep.close_all()

@@ -14,6 +14,7 @@ import pytest
 
 from relaystream.media.events import SourceFailed, SourceOpened
 from relaystream.media.failures import SourceError
+from relaystream.media.launcher import WorkerStart, worker_launcher
 from relaystream.media.pipeline import RelayPipeline
 from relaystream.media.process import MediaWorker
 from relaystream.media.spec import MediaType, PipelineSpec, StreamMode
@@ -90,8 +91,12 @@ def test_the_resolution_cap_is_configurable_and_portrait_counts_like_landscape(
         RelayPipeline(smaller, lambda _: None, lambda _: None).run()
 
 
-async def test_a_worker_past_its_memory_cap_ends_alone(sources: str) -> None:
-    # An HD transcode needs ~90 MB here; a remux of a small clip ~55 MB.
+@pytest.mark.parametrize("start", list(WorkerStart))
+async def test_a_worker_past_its_memory_cap_ends_alone(sources: str, start: WorkerStart) -> None:
+    # An HD transcode needs ~90 MB here; a remux of a small clip ~55 MB. A forked
+    # worker's resident set counts the pages it shares with its fork server, like a
+    # spawned one's counts its own copies of them.
+    launcher = worker_launcher(start)
     greedy = MediaWorker(
         PipelineSpec(
             url=f"{sources}/hd.mp4",
@@ -100,7 +105,8 @@ async def test_a_worker_past_its_memory_cap_ends_alone(sources: str) -> None:
             frame_rate=30,
             memory_limit_mb=75,
             allow_private_sources=True,
-        )
+        ),
+        launcher=launcher,
     )
     bystander = MediaWorker(
         PipelineSpec(
@@ -108,7 +114,8 @@ async def test_a_worker_past_its_memory_cap_ends_alone(sources: str) -> None:
             stream_mode=StreamMode.REMUX,
             media_type=MediaType.VIDEO_ONLY,
             allow_private_sources=True,
-        )
+        ),
+        launcher=launcher,
     )
 
     async def last_event(worker: MediaWorker) -> object:
@@ -132,6 +139,7 @@ async def test_a_worker_past_its_memory_cap_ends_alone(sources: str) -> None:
     finally:
         await greedy.stop()
         await bystander.stop()
+        await launcher.close()
 
     assert isinstance(ended, SourceFailed)
     assert not ended.retryable

@@ -1,22 +1,62 @@
-"""Finding a server's media worker processes, to crash or freeze them in tests."""
+"""Finding a server's media worker processes, to crash or freeze them in tests.
+
+A worker is spawned (``python -m relaystream.media.worker``) or forked by the server's
+fork server, whose command line it then shares; every worker names itself
+WORKER_PROCESS_NAME in /proc/PID/comm as soon as it runs.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from relaystream.media.worker import WORKER_PROCESS_NAME
+
+_SPAWNED_WORKER = b"relaystream.media.worker"
+_FORK_SERVER = b"relaystream.media.forkserver"
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _is_fork_server(pid: int) -> bool:
+    try:
+        return _FORK_SERVER in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _is_media_worker(entry: Path) -> bool:
+    """A live media worker (an exited one, not yet reaped, no longer counts)."""
+    try:
+        if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        if (entry / "comm").read_text().strip() == WORKER_PROCESS_NAME:
+            return True
+        cmdline = (entry / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    if _SPAWNED_WORKER in cmdline:
+        return True
+    # Forked a moment ago, not yet renamed: everything a fork server forks is a worker.
+    parent = _parent(int(entry.name))
+    return _FORK_SERVER in cmdline and parent is not None and _is_fork_server(parent)
+
 
 def media_worker_pids(server_pid: int) -> set[int]:
-    """Media worker processes started by the server."""
+    """Media worker processes started by the server (spawned, or forked by its fork
+    server)."""
     pids = set()
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or not _is_media_worker(entry):
             continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == server_pid and b"relaystream.media.worker" in cmdline:
+        parent = _parent(int(entry.name))
+        if parent == server_pid or (
+            parent is not None and _parent(parent) == server_pid and _is_fork_server(parent)
+        ):
             pids.add(int(entry.name))
     return pids
 
@@ -25,15 +65,14 @@ def media_workers_by_marker(name: str) -> dict[int, str]:
     """Every media worker on the machine whose environment sets ``name``: pid → value.
 
     Found by environment, not parent: a worker whose server was killed has been
-    reparented and still counts while it runs."""
+    reparented and still counts while it runs. (A forked worker has the environment of
+    its fork server, which has the server's.)"""
     found = {}
     prefix = name.encode() + b"="
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or not _is_media_worker(entry):
             continue
         try:
-            if b"relaystream.media.worker" not in (entry / "cmdline").read_bytes():
-                continue
             environ = (entry / "environ").read_bytes().split(b"\0")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):

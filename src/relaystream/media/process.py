@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from relaystream.media.events import (
     WorkerCommand,
     WorkerEvent,
 )
+from relaystream.media.launcher import SpawnLauncher, WorkerLauncher, WorkerProcess
 from relaystream.media.limits import MemoryLimit
 from relaystream.media.spec import PipelineSpec
 from relaystream.media.wire import EncodedPacket, WireError, read_message
@@ -56,12 +56,19 @@ class MediaWorker:
 
     Iterating ``messages()`` yields EncodedPackets and events; the last item is always
     ``SourceEnded``, ``SourceFailed`` or a ``WorkerCrashed`` made up when the process
-    died without a final event.
+    died without a final event. The process is spawned or forked by ``launcher``.
     """
 
-    def __init__(self, spec: PipelineSpec, *, log_fields: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        *,
+        log_fields: dict[str, str] | None = None,
+        launcher: WorkerLauncher | None = None,
+    ) -> None:
         self._spec = spec
-        self._process: asyncio.subprocess.Process | None = None
+        self._launcher = launcher or SpawnLauncher()
+        self._process: WorkerProcess | None = None
         self._stderr_tail: list[str] = []
         self._stderr_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -74,7 +81,7 @@ class MediaWorker:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the worker has used so far (0 once it has exited)."""
-        if self._process is None or self._process.returncode is not None:
+        if self._process is None or self._process.exited:
             return 0.0
         try:
             fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -85,7 +92,7 @@ class MediaWorker:
 
     def memory_bytes(self) -> int:
         """Resident memory of the worker now (0 once it has exited)."""
-        if self._process is None or self._process.returncode is not None:
+        if self._process is None or self._process.exited:
             return 0
         try:
             # /proc/PID/statm: sizes in pages; the second is the resident set.
@@ -95,18 +102,7 @@ class MediaWorker:
         return resident_pages * _PAGE_BYTES
 
     async def start(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "relaystream.media.worker",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            limit=1 << 20,
-            # Its own process group: a Ctrl-C meant for the server does not reach it,
-            # and a kill takes any helper process it started along with it.
-            start_new_session=True,
-        )
+        self._process = await self._launcher.launch()
         self._stderr_task = asyncio.create_task(self._collect_stderr())
         self._write_line(json.dumps(self._spec.to_json_dict()).encode() + b"\n")
         if self._spec.memory_limit_mb is not None:
@@ -119,7 +115,7 @@ class MediaWorker:
 
     async def messages(self) -> AsyncIterator[WorkerOutput]:
         process = self._process
-        assert process is not None and process.stdout is not None, "start() first"
+        assert process is not None, "start() first"
         final: WorkerOutput | None = None
         try:
             while True:
@@ -141,7 +137,11 @@ class MediaWorker:
             if self._stderr_task is not None:
                 await self._stderr_task
             tail = " | ".join(self._stderr_tail[-3:])
-            detail = f"media worker exited with code {returncode}"
+            detail = (
+                f"media worker exited with code {returncode}"
+                if returncode is not None
+                else "media worker exited (its exit status was lost with the fork server)"
+            )
             yield WorkerCrashed(f"{detail}: {tail}" if tail else detail)
 
     async def stop(self) -> None:
@@ -154,7 +154,7 @@ class MediaWorker:
         self._stopping = True
         drain = asyncio.create_task(self._drain_stdout())
         try:
-            if process.returncode is None:
+            if not process.exited:
                 self.send(WorkerCommand(CommandName.STOP))
                 try:
                     await asyncio.wait_for(asyncio.shield(drain), STOP_GRACE_S)
@@ -163,14 +163,13 @@ class MediaWorker:
             await drain
             await process.wait()
         finally:
-            if process.stdin is not None:
-                process.stdin.close()
+            process.stdin.close()
             if self._stderr_task is not None:
                 self._stderr_task.cancel()
 
     def retire(self) -> None:
         """Ask the worker to finish (its messages then end); kill it after the grace."""
-        if self._process is None or self._process.returncode is not None:
+        if self._process is None or self._process.exited:
             return
         self._stopping = True
         self.send(WorkerCommand(CommandName.STOP))
@@ -178,25 +177,25 @@ class MediaWorker:
 
     def kill(self) -> None:
         """SIGKILL the worker and everything it started."""
-        if self._process is not None and self._process.returncode is None:
+        if self._process is not None and not self._process.exited:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._process.pid, signal.SIGKILL)
 
     def _write_line(self, line: bytes) -> None:
         process = self._process
-        if process is None or process.stdin is None or process.stdin.is_closing():
+        if process is None or process.stdin.is_closing():
             return
         with contextlib.suppress(ConnectionError):
             process.stdin.write(line)
 
     async def _drain_stdout(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
+        assert self._process is not None
         with contextlib.suppress(ConnectionError):
             while await self._process.stdout.read(1 << 16):
                 pass
 
     async def _collect_stderr(self) -> None:
-        assert self._process is not None and self._process.stderr is not None
+        assert self._process is not None
         async for raw in self._process.stderr:
             line = raw.decode(errors="replace").rstrip()
             logger.warning("media worker %s: %s", self._log_prefix, line)

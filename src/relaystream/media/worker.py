@@ -29,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import IO, Any
 
 from relaystream.media.control import PipelineControl
@@ -51,6 +52,10 @@ EXIT_LEASE_EXPIRED = 3
 _LEASE_CHECK_S = 0.05
 # After a stop, the pipeline gets this long to notice (it may be blocked in a read).
 STOP_GRACE_S = 0.8
+
+# /proc/PID/comm of every worker (the kernel keeps 15 characters). A forked worker's
+# command line is the fork server's, so this is how a worker is told apart on the machine.
+WORKER_PROCESS_NAME = "relaystream-mw"
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +161,14 @@ def _exit_now(output: WorkerOutput, code: int) -> None:
     os._exit(code)
 
 
+def mark_as_worker() -> None:
+    """Name this process a media worker in /proc."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text(WORKER_PROCESS_NAME)
+
+
 def main() -> int:
+    mark_as_worker()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     output = WorkerOutput(sys.stdout.buffer)
 

@@ -33,6 +33,7 @@ from relaystream.media.events import (
     WorkerCommand,
     lease_command,
 )
+from relaystream.media.launcher import SpawnLauncher, WorkerLauncher
 from relaystream.media.process import MediaWorker, WorkerCrashed
 from relaystream.media.spec import PipelineSpec
 from relaystream.media.wire import EncodedPacket, MessageKind
@@ -64,7 +65,8 @@ class SourcePolicy:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Timings of a run; tests shorten them instead of sleeping for minutes."""
+    """Timings of a run (tests shorten them instead of sleeping for minutes), and how
+    its workers are started."""
 
     lifetime_s: float = 72 * 3600
     reconnect_initial_s: float = 0.5
@@ -73,6 +75,7 @@ class RunSettings:
     max_crash_relaunches: int = 3
     position_save_interval_s: float = 2.0
     timer_tick_s: float = 0.25
+    launcher: WorkerLauncher = field(default_factory=SpawnLauncher)
 
 
 class RunHooks(Protocol):
@@ -371,7 +374,9 @@ class RelayRun:
         if lease_s is not None and self._wall_clock() >= lease_s:
             # Frozen past the lease: another node may run the task now; no new worker.
             return WorkerCrashed("the task's lease expired"), False
-        worker = self._worker = MediaWorker(spec, log_fields=self._log)
+        worker = self._worker = MediaWorker(
+            spec, log_fields=self._log, launcher=self._settings.launcher
+        )
         self._timeline.new_worker()
         flowed = False
         try:
