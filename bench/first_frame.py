@@ -37,14 +37,13 @@ from tests.support.bridged import make_dash_vod
 from tests.support.clips import make_clips
 from tests.support.hls import hls_server, segment
 from tests.support.net import static_http_server
-from tests.support.viewer import WhepRefused, WhepViewer
+from tests.support.viewer import WhepViewer
 
 from bench.common import CACHE_DIR, table
 from bench.figure import Figure
-from bench.relays import LIGHT_CLIP, Node, live_rtmp_source, run_alone, running_node
+from bench.relays import LIGHT_CLIP, WHEP_RETRY_S, Node, live_rtmp_source, run_alone, running_node
 
 ROOM = "first-frame"
-WHEP_RETRY_S = 0.03
 TRIAL_TIMEOUT_S = 20.0
 FORMATS = ("RTMP", "HTTP-FLV", "MP4", "MPEG-TS", "HLS", "DASH")
 QUICK_FORMATS = ("RTMP", "HLS")
@@ -114,22 +113,17 @@ def sources(work: Path, formats: tuple[str, ...]) -> Iterator[dict[str, str]]:
         yield urls
 
 
+def video_viewer(url: str, token: str) -> WhepViewer:
+    return WhepViewer(url, token, kinds=("video",))
+
+
 async def relay_trial(node: Node, url: str, task_id: str) -> Trial:
     began = time.monotonic()
     await node.start(ROOM, task_id, url)
     answered = time.monotonic()
     deadline = began + TRIAL_TIMEOUT_S
-    token = node.subscribe_token(ROOM)
     try:
-        while True:
-            viewer = WhepViewer(node.whep_url(ROOM, task_id), token, kinds=("video",))
-            try:
-                await viewer.connect()
-                break
-            except WhepRefused as refused:
-                if refused.status != 404 or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(WHEP_RETRY_S)
+        viewer = await node.watch(ROOM, task_id, deadline, video_viewer)
         published = time.monotonic()
         try:
             while not (track := viewer.tracks.get("video")) or not track.frames:

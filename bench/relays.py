@@ -8,9 +8,11 @@ and how a figure module runs on its own (``python -m bench.<module> [--quick]``)
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from tests.support.server import (
     start_server,
 )
 from tests.support.tasks import call, task_key
+from tests.support.viewer import WhepRefused, WhepViewer
 
 from bench.common import CACHE_DIR, cpu_seconds
 from bench.figure import Figure
@@ -35,6 +38,7 @@ from relaystream.media.testsrc import ClipSpec, make_test_clip
 # 640x360 at 30 fps, a keyframe every second, AAC: what the end-to-end tests relay.
 LIGHT_CLIP = ClipSpec(duration_s=20.0, width=640, height=360, frame_rate=30)
 LIGHT_CLIP_NAME = "clip-360p30-20s.flv"
+WHEP_RETRY_S = 0.03
 
 
 def light_clip() -> Path:
@@ -88,6 +92,27 @@ class Node:
 
     async def stop(self, room_id: str, task_id: str) -> None:
         await call(self.rtc, "StopRelayStream", task_key(room_id, task_id))
+
+    async def watch(
+        self,
+        room_id: str,
+        task_id: str,
+        deadline: float,
+        viewer: Callable[[str, str], WhepViewer] = WhepViewer,
+    ) -> WhepViewer:
+        """A viewer of relay ``task_id``, connected as soon as its publication exists
+        (WHEP is offered every 30 ms until it stops answering 404, up to the monotonic
+        ``deadline``). ``viewer(url, token)`` makes each attempt's viewer."""
+        token = self.subscribe_token(room_id)
+        while True:
+            attempt = viewer(self.whep_url(room_id, task_id), token)
+            try:
+                await attempt.connect()
+                return attempt
+            except WhepRefused as refused:
+                if refused.status != 404 or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(WHEP_RETRY_S)
 
     def tree_cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.server.process.pid)
