@@ -24,6 +24,7 @@ how close the node comes to a floor it cannot reach, not a like-for-like contest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -31,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.tasks import wait_for_status
+from tests.support.tasks import get_task, wait_for_status
 
 from bench.common import CLIP, CLIP_VIDEO_KBPS, cpu_seconds, reap, reference_clip, stop, table
 from bench.figure import Figure
@@ -68,10 +69,11 @@ class Step:
     median_share: float
     received_min: int
     expected: int
+    running: int  # tasks in status 2 (running) after the window
 
     @property
     def passed(self) -> bool:
-        return self.worst_share >= ON_TIME_SHARE
+        return self.running == self.tasks and self.worst_share >= ON_TIME_SHARE
 
 
 def ffmpeg_remux(url: str, seconds: float) -> subprocess.Popen[bytes]:
@@ -97,16 +99,37 @@ def cpu_of(pids: list[int]) -> float:
 
 
 async def add_relays(node: Node, url: str, first: int, last: int) -> list[str]:
-    """Start relays ``first``..``last - 1``; their WHEP URLs once each is running."""
+    """Start relays ``first``..``last - 1`` and wait until each runs (or has ended)."""
     names = [f"relay-{n}" for n in range(first, last)]
     for name in names:
         await node.start(ROOM, name, url)
     for name in names:
-        await wait_for_status(node.rtc, ROOM, name, 2, timeout_s=60)
+        with contextlib.suppress(AssertionError):  # it ended: ended_relays says why
+            await wait_for_status(node.rtc, ROOM, name, 2, timeout_s=60)
     return [node.whep_url(ROOM, name) for name in names]
 
 
-def run_steps(node: Node, url: str, settings: Settings, groups: list[ViewerGroup]) -> list[Step]:
+async def ended_relays(node: Node, count: int) -> list[str]:
+    """Each of the first ``count`` relays that no longer runs, with its stop reason."""
+    ended = []
+    for n in range(count):
+        task = await get_task(node.rtc, ROOM, f"relay-{n}")
+        if task["Status"] != 2:
+            ended.append(f"{task['TaskId']}: {task['StopReason']} ({task['StopDetail']})")
+    return ended
+
+
+def stopped(count: int, ended: list[str]) -> str:
+    if not ended:
+        return f"a viewer got under {ON_TIME_SHARE:.0%} of its frames on time at {count} tasks"
+    shown = "; ".join(ended[:3]) + ("; ..." if len(ended) > 3 else "")
+    return f"at {count} tasks, {len(ended)} relay(s) ended on their own: {shown}"
+
+
+def run_steps(
+    node: Node, url: str, settings: Settings, groups: list[ViewerGroup]
+) -> tuple[list[Step], str]:
+    """The steps measured, and why the run stopped early if it did."""
     token = node.subscribe_token(ROOM)
     steps: list[Step] = []
     began = time.monotonic()
@@ -116,6 +139,8 @@ def run_steps(node: Node, url: str, settings: Settings, groups: list[ViewerGroup
             break
         urls = asyncio.run(add_relays(node, url, running, count))
         running = count
+        if ended := asyncio.run(ended_relays(node, count)):
+            return steps, stopped(count, ended)
         while urls:
             if groups[-1].size >= VIEWERS_PER_GROUP:
                 groups.append(ViewerGroup())
@@ -136,6 +161,7 @@ def run_steps(node: Node, url: str, settings: Settings, groups: list[ViewerGroup
         ]
         if len(seen) != count:
             raise RuntimeError(f"{len(seen)} viewers receive video, expected {count}")
+        ended = asyncio.run(ended_relays(node, count))
         shares = sorted(d.share for d in seen)
         steps.append(
             Step(
@@ -146,11 +172,12 @@ def run_steps(node: Node, url: str, settings: Settings, groups: list[ViewerGroup
                 median_share=shares[len(shares) // 2],
                 received_min=min(d.received for d in seen),
                 expected=seen[0].expected,
+                running=count - len(ended),
             )
         )
-        if not steps[-1].passed:
-            break
-    return steps
+        if ended or not steps[-1].passed:
+            return steps, stopped(count, ended)
+    return steps, ""
 
 
 def plot(steps: list[Step], path: Path) -> None:
@@ -203,7 +230,7 @@ def measure(quick: bool, out_dir: Path) -> Figure:
             try:
                 with running_node(Path(work)) as node:
                     reference_pct = cpu_pct_of_life(reference, began, settings.window_s + 30)
-                    steps = run_steps(node, url, settings, groups)
+                    steps, stop_note = run_steps(node, url, settings, groups)
             finally:
                 stop(reference)
     finally:
@@ -211,18 +238,17 @@ def measure(quick: bool, out_dir: Path) -> Figure:
             group.close()
     passed = [s for s in steps if s.passed]
     capacity = passed[-1].tasks if passed else 0
-    never_failed = len(passed) == len(steps)
+    at_least = "" if stop_note else ">= "
     ffmpeg_fits = 100 * CORES / reference_pct
     ratio = capacity / ffmpeg_fits
-    at_least = ">= " if never_failed else ""
-    last = steps[-1]
-    per_task = last.tree_pct / last.tasks
-    projected = 100 * CORES / per_task
+    per_task = steps[-1].tree_pct / steps[-1].tasks if steps else 0.0
+    projected = f"~{100 * CORES / per_task:.0f}" if per_task else "-"
+    at = f"at {steps[-1].tasks}" if steps else "no step measured"
     summary = (
         f"capacity: {at_least}{capacity} remux tasks, each viewer >= {ON_TIME_SHARE:.0%} frames "
-        f"on time ({source}; {per_task:.1f} % of a core per task at {last.tasks}, "
-        f"~{projected:.0f} by CPU) vs {ffmpeg_fits:.0f} at the ffmpeg CLI's "
-        f"{reference_pct:.1f} %/stream: {at_least}{ratio:.2f}x"
+        f"on time ({source}; {per_task:.1f} % of a core per task {at}, {projected} by CPU) vs "
+        f"{ffmpeg_fits:.0f} at the ffmpeg CLI's {reference_pct:.1f} %/stream: "
+        f"{at_least}{ratio:.2f}x"
     )
     rows = [
         [
@@ -233,6 +259,7 @@ def measure(quick: bool, out_dir: Path) -> Figure:
             f"{100 * s.median_share:.1f}",
             f"{s.received_min}/{s.expected}",
             f"{s.viewers_pct:.0f}",
+            str(s.running),
             "yes" if s.passed else "NO",
         ]
         for s in steps
@@ -245,14 +272,16 @@ def measure(quick: bool, out_dir: Path) -> Figure:
         "median on time %",
         "min frames",
         "viewers' CPU %",
+        "running",
         "pass",
     ]
-    path = out_dir / "capacity.png"
-    plot(steps, path)
+    plots = [out_dir / "capacity.png"] if steps else []
+    for path in plots:
+        plot(steps, path)
     ending = (
-        f"no step failed: the node carries at least {capacity}"
-        if never_failed
-        else f"{steps[-1].tasks} failed: the node carries {capacity}"
+        f"The run stopped: {stop_note}. The node carries {capacity}"
+        if stop_note
+        else f"No step failed: the node carries at least {capacity}"
     )
     body = f"""Source: {source} + AAC, one live RTMP stream (nginx-rtmp on 127.0.0.1, fanned out
 to every relay); remux relays started through the SDK in steps, each with one WebRTC
@@ -269,7 +298,7 @@ make in the window. Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu
 ```
 
 {ending} (target {TARGET}); at the last step's CPU per task, {CORES} cores would hold
-~{projected:.0f}. Tree CPU = server + workers, whole process tree; the
+{projected}. Tree CPU = server + workers, whole process tree; the
 viewers run on the same cores, in their own processes, and are not counted.
 
 Reference, in the same run: the ffmpeg CLI pulling the same RTMP URL and doing one
@@ -279,7 +308,7 @@ relay's media work (`-c:v copy -bsf:v h264_mp4toannexb -c:a libopus -ar 48000 -a
 WebRTC (no packetizing, SRTP or viewer session), so this is a floor, not a contest.
 """
     title = "Capacity: remux tasks with one viewer each"
-    return Figure(3, title, summary, ratio, TARGET, body, [path])
+    return Figure(3, title, summary, ratio, TARGET, body, plots)
 
 
 if __name__ == "__main__":
