@@ -29,15 +29,26 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.tasks import get_task, wait_for_status
+from tests.support.net import static_http_server
+from tests.support.tasks import wait_for_status
 
 from bench.common import CLIP, CLIP_VIDEO_KBPS, cpu_seconds, reap, reference_clip, stop, table
 from bench.figure import Figure
 from bench.frame_clock import ViewerGroup, delivery
-from bench.relays import LIGHT_CLIP, Node, light_clip, live_rtmp_source, run_alone, running_node
+from bench.relays import (
+    LIGHT_CLIP,
+    Node,
+    light_clip,
+    live_rtmp_source,
+    relay_ids,
+    run_alone,
+    running_node,
+)
 
 ROOM = "capacity"
 CORES = 2  # the issue's target machine; the measured one is printed beside it
@@ -53,11 +64,39 @@ class Settings:
     window_s: float
     settle_s: float
     budget_s: float  # no new step starts after this long
-    clip: str  # "720p" (the reference clip) or "360p" (the light one)
+    # The 720p reference clip live over RTMP (nginx fans it out), or, where a run must be
+    # short, the 360p clip as a file over HTTP from this process: a relay starts on it
+    # in a fraction of a second, against 2 s or more on RTMP (the worker's probe).
+    rtmp_720p: bool
 
 
-FULL = Settings((10, 20, 30, 40, 50, 60), window_s=10.0, settle_s=3.0, budget_s=200, clip="720p")
-QUICK = Settings((1, 2), window_s=1.5, settle_s=0.5, budget_s=20, clip="360p")
+FULL = Settings((10, 20, 30, 40, 50, 60), window_s=10.0, settle_s=3.0, budget_s=200, rtmp_720p=True)
+QUICK = Settings((1, 2), window_s=1.5, settle_s=1.5, budget_s=20, rtmp_720p=False)
+
+
+@dataclass(frozen=True)
+class Source:
+    url: str
+    short: str  # for the summary line
+    description: str
+    live: bool  # else a file the relays loop and ffmpeg reads in real time (-re)
+
+
+@contextmanager
+def opened_source(work: Path, settings: Settings) -> Iterator[Source]:
+    if settings.rtmp_720p:
+        clip = reference_clip()[0]
+        size = f"{CLIP.width}x{CLIP.height}@{CLIP.frame_rate} H.264 ~{CLIP_VIDEO_KBPS} kbit/s"
+        with live_rtmp_source(work, clip) as url:
+            description = f"{size} + AAC, one live RTMP stream fanned out by nginx-rtmp"
+            yield Source(url, "720p30 2.5 Mbit/s RTMP", description, True)
+    else:
+        clip = light_clip()
+        size = f"{LIGHT_CLIP.width}x{LIGHT_CLIP.height}@{LIGHT_CLIP.frame_rate} H.264"
+        with static_http_server(clip.parent) as files:
+            url = f"{files}/{clip.name}"
+            description = f"{size} + AAC, an FLV file over HTTP, looped"
+            yield Source(url, "360p30 FLV over HTTP", description, False)
 
 
 @dataclass(frozen=True)
@@ -76,10 +115,11 @@ class Step:
         return self.running == self.tasks and self.worst_share >= ON_TIME_SHARE
 
 
-def ffmpeg_remux(url: str, seconds: float) -> subprocess.Popen[bytes]:
-    """The ffmpeg CLI pulling ``url`` for ``seconds`` doing a remux's media work (video
-    copied to Annex B, AAC to Opus 48 kHz 64 kbit/s)."""
-    command = ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", url, "-t", f"{seconds:.1f}"]
+def ffmpeg_remux(source: Source, seconds: float) -> subprocess.Popen[bytes]:
+    """The ffmpeg CLI pulling the source for ``seconds`` doing a remux's media work (video
+    copied to Annex B, AAC to Opus 48 kHz 64 kbit/s), in real time."""
+    command = ["ffmpeg", "-nostdin", "-loglevel", "error", *([] if source.live else ["-re"])]
+    command += ["-i", source.url, "-t", f"{seconds:.1f}"]
     command += ["-map", "0:v:0", "-c:v", "copy", "-bsf:v", "h264_mp4toannexb"]
     command += ["-map", "0:a:0", "-c:a", "libopus", "-ar", "48000", "-ac", "2", "-b:a", "64k"]
     command += ["-f", "null", "-"]
@@ -98,25 +138,15 @@ def cpu_of(pids: list[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
-async def add_relays(node: Node, url: str, first: int, last: int) -> list[str]:
+async def add_relays(node: Node, source: Source, first: int, last: int) -> list[str]:
     """Start relays ``first``..``last - 1`` and wait until each runs (or has ended)."""
-    names = [f"relay-{n}" for n in range(first, last)]
+    names = relay_ids(last)[first:]
     for name in names:
-        await node.start(ROOM, name, url)
+        await node.start(ROOM, name, source.url, {} if source.live else {"Loop": True})
     for name in names:
-        with contextlib.suppress(AssertionError):  # it ended: ended_relays says why
+        with contextlib.suppress(AssertionError):  # it ended: not_running says why
             await wait_for_status(node.rtc, ROOM, name, 2, timeout_s=60)
     return [node.whep_url(ROOM, name) for name in names]
-
-
-async def ended_relays(node: Node, count: int) -> list[str]:
-    """Each of the first ``count`` relays that no longer runs, with its stop reason."""
-    ended = []
-    for n in range(count):
-        task = await get_task(node.rtc, ROOM, f"relay-{n}")
-        if task["Status"] != 2:
-            ended.append(f"{task['TaskId']}: {task['StopReason']} ({task['StopDetail']})")
-    return ended
 
 
 def stopped(count: int, ended: list[str]) -> str:
@@ -127,7 +157,7 @@ def stopped(count: int, ended: list[str]) -> str:
 
 
 def run_steps(
-    node: Node, url: str, settings: Settings, groups: list[ViewerGroup]
+    node: Node, source: Source, settings: Settings, groups: list[ViewerGroup]
 ) -> tuple[list[Step], str]:
     """The steps measured, and why the run stopped early if it did."""
     token = node.subscribe_token(ROOM)
@@ -137,9 +167,9 @@ def run_steps(
     for count in settings.steps:
         if steps and time.monotonic() - began > settings.budget_s:
             break
-        urls = asyncio.run(add_relays(node, url, running, count))
+        urls = asyncio.run(add_relays(node, source, running, count))
         running = count
-        if ended := asyncio.run(ended_relays(node, count)):
+        if ended := asyncio.run(node.not_running(ROOM, relay_ids(count))):
             return steps, stopped(count, ended)
         while urls:
             if groups[-1].size >= VIEWERS_PER_GROUP:
@@ -161,7 +191,7 @@ def run_steps(
         ]
         if len(seen) != count:
             raise RuntimeError(f"{len(seen)} viewers receive video, expected {count}")
-        ended = asyncio.run(ended_relays(node, count))
+        ended = asyncio.run(node.not_running(ROOM, relay_ids(count)))
         shares = sorted(d.share for d in seen)
         steps.append(
             Step(
@@ -211,26 +241,20 @@ def plot(steps: list[Step], path: Path) -> None:
 
 def measure(quick: bool, out_dir: Path) -> Figure:
     settings = QUICK if quick else FULL
-    if settings.clip == "720p":
-        clip = reference_clip()[0]
-        source = f"{CLIP.width}x{CLIP.height}@{CLIP.frame_rate} H.264 ~{CLIP_VIDEO_KBPS} kbit/s"
-    else:
-        clip = light_clip()
-        source = f"{LIGHT_CLIP.width}x{LIGHT_CLIP.height}@{LIGHT_CLIP.frame_rate} H.264"
     groups = [ViewerGroup()]  # starts importing while the server does
     try:
         with (
             tempfile.TemporaryDirectory(prefix="relaystream-bench-") as work,
-            live_rtmp_source(Path(work), clip) as url,
+            opened_source(Path(work), settings) as media,
         ):
             # The reference runs while the server starts (CPU time hardly depends on what
             # else runs), so that a quick run need not wait for it.
             began = time.monotonic()
-            reference = ffmpeg_remux(url, settings.window_s)
+            reference = ffmpeg_remux(media, settings.window_s)
             try:
                 with running_node(Path(work)) as node:
                     reference_pct = cpu_pct_of_life(reference, began, settings.window_s + 30)
-                    steps, stop_note = run_steps(node, url, settings, groups)
+                    steps, stop_note = run_steps(node, media, settings, groups)
             finally:
                 stop(reference)
     finally:
@@ -246,7 +270,7 @@ def measure(quick: bool, out_dir: Path) -> Figure:
     at = f"at {steps[-1].tasks}" if steps else "no step measured"
     summary = (
         f"capacity: {at_least}{capacity} remux tasks, each viewer >= {ON_TIME_SHARE:.0%} frames "
-        f"on time ({source}; {per_task:.1f} % of a core per task {at}, {projected} by CPU) vs "
+        f"on time ({media.short}; {per_task:.1f} % of a core per task {at}, {projected} by CPU) vs "
         f"{ffmpeg_fits:.0f} at the ffmpeg CLI's {reference_pct:.1f} %/stream: "
         f"{at_least}{ratio:.2f}x"
     )
@@ -283,9 +307,9 @@ def measure(quick: bool, out_dir: Path) -> Figure:
         if stop_note
         else f"No step failed: the node carries at least {capacity}"
     )
-    body = f"""Source: {source} + AAC, one live RTMP stream (nginx-rtmp on 127.0.0.1, fanned out
-to every relay); remux relays started through the SDK in steps, each with one WebRTC
-viewer that receives audio and video and reassembles video frames without decoding them.
+    body = f"""Source: {media.description}, on 127.0.0.1. Remux relays started
+through the SDK in steps, each with one WebRTC viewer that receives audio and video and
+reassembles video frames without decoding them.
 Window {settings.window_s:g} s per step after {settings.settle_s:.1f} s of settling. A frame is on
 time if it is no more than {1000 * LATE_S:.0f} ms behind its RTP schedule (anchored at the least
 delayed frame of the 2 s before it: a stall or a backlog is late, a steady delay is not);

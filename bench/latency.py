@@ -65,7 +65,7 @@ class Settings:
 
 
 FULL = Settings(warm_up_s=3.0, window_s=20.0)
-QUICK = Settings(warm_up_s=1.0, window_s=2.0)
+QUICK = Settings(warm_up_s=0.5, window_s=1.0)
 
 
 # --- the numbered pictures -------------------------------------------------------------

@@ -28,7 +28,7 @@ from tests.support.server import (
     RelayServer,
     start_server,
 )
-from tests.support.tasks import call, task_key
+from tests.support.tasks import call, get_task, task_key
 from tests.support.viewer import WhepRefused, WhepViewer
 
 from bench.common import CACHE_DIR, cpu_seconds
@@ -114,6 +114,16 @@ class Node:
                     raise
                 await asyncio.sleep(WHEP_RETRY_S)
 
+    async def not_running(self, room_id: str, task_ids: list[str]) -> list[str]:
+        """Each of ``task_ids`` that is not running (status 2), with its status and why."""
+        found = []
+        for task_id in task_ids:
+            task = await get_task(self.rtc, room_id, task_id)
+            if task["Status"] != 2:
+                why = f"{task['StopReason']} {task['StopDetail']}".strip()
+                found.append(f"{task_id}: status {task['Status']} {why}".strip())
+        return found
+
     def tree_cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.server.process.pid)
 
@@ -128,6 +138,11 @@ def running_node(workdir: Path, *, app_qps_limit: int | None = None) -> Iterator
         yield Node(server, RtcService(server.host, ACCESS_KEY_ID, SECRET_ACCESS_KEY))
     finally:
         server.stop()
+
+
+def relay_ids(count: int) -> list[str]:
+    """The task ids (and publisher user ids) of a figure's ``count`` relays."""
+    return [f"relay-{n}" for n in range(count)]
 
 
 def descendants(pid: int) -> list[int]:
