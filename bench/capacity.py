@@ -70,7 +70,9 @@ class Settings:
     rtmp_720p: bool
 
 
-FULL = Settings((10, 20, 30, 40, 50, 60), window_s=10.0, settle_s=3.0, budget_s=200, rtmp_720p=True)
+FULL = Settings(
+    (1, 5, 10, 20, 30, 40, 50, 60), window_s=10.0, settle_s=3.0, budget_s=200, rtmp_720p=True
+)
 QUICK = Settings((1, 2), window_s=1.5, settle_s=1.5, budget_s=20, rtmp_720p=False)
 
 
