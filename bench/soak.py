@@ -12,7 +12,7 @@ aiortc viewers (``tests.support.viewer.WhepViewer``) that keep coming and going:
 ``--viewers`` per relay at once, each watching for a random 1-8 s and leaving.
 
 Every ``--sample-s`` it records the RSS and open file descriptors of the server and of
-its media workers, with the sessions so far, into ``soak.csv``; at the end it plots
+its media workers (every process under the server: the fork server too), with the sessions so far, into ``soak.csv``; at the end it plots
 them into ``soak.png`` and prints the growth over the second half of the run.
 """
 
@@ -36,7 +36,7 @@ from tests.support.server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, RelayServer, 
 from tests.support.tasks import running_relay
 from tests.support.viewer import WhepViewer
 
-from bench.common import CACHE_DIR, exit_on_sigterm
+from bench.common import CACHE_DIR, descendants, exit_on_sigterm
 from relaystream.media.testsrc import ClipSpec, make_test_clip
 
 SOURCE = ClipSpec(duration_s=10.0, width=640, height=360, frame_rate=25, keyframe_interval_s=1.0)
@@ -73,14 +73,6 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
 @dataclass
 class Churn:
     viewers_now: int = 0
@@ -110,7 +102,8 @@ async def viewer_churn(
 
 
 def sample(server: RelayServer, churn: Churn, started: float) -> Sample:
-    workers = children(server.process.pid)
+    # Every process under the server: the fork server and the workers it forked.
+    workers = descendants(server.process.pid)
     alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
     return Sample(
         elapsed_s=round(time.monotonic() - started, 1),
