@@ -12,8 +12,9 @@ aiortc viewers (``tests.support.viewer.WhepViewer``) that keep coming and going:
 ``--viewers`` per relay at once, each watching for a random 1-8 s and leaving.
 
 Every ``--sample-s`` it records the RSS and open file descriptors of the server and of
-its media workers (every process under the server: the fork server too), with the sessions so far, into ``soak.csv``; at the end it plots
-them into ``soak.png`` and prints the growth over the second half of the run.
+its media workers (every process under the server: the fork server too), with the
+sessions so far, into ``soak.csv``; at the end it plots them into ``soak.png`` and
+prints the growth over the second half of the run.
 """
 
 from __future__ import annotations
