@@ -301,7 +301,7 @@ def measure(quick: bool, out_dir: Path) -> Figure:
         "running",
         "pass",
     ]
-    plots = [out_dir / "capacity.png"] if steps else []
+    plots = [out_dir / "capacity.png"] if steps and not quick else []
     for path in plots:
         plot(steps, path)
     ending = (

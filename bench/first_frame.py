@@ -240,8 +240,9 @@ def measure(quick: bool, out_dir: Path) -> Figure:
         ]
         for r in rows
     ]
-    path = out_dir / "first_frame.png"
-    plot(rows, path)
+    plots = [] if quick else [out_dir / "first_frame.png"]
+    for path in plots:
+        plot(rows, path)
     clip = LIGHT_CLIP
     source = f"{clip.width}x{clip.height}@{clip.frame_rate} H.264"
     gop_s = clip.keyframe_interval_s
@@ -263,7 +264,7 @@ mean of the per-format ratios. RTMP and HLS are live: a reader joins at the next
 (RTMP) or the playlist's live edge (HLS), so the clip's keyframe interval and segment
 length are part of both sides' numbers.
 """
-    return Figure(4, "Time to first frame per format", summary, ratio, TARGET, body, [path])
+    return Figure(4, "Time to first frame per format", summary, ratio, TARGET, body, plots)
 
 
 if __name__ == "__main__":
