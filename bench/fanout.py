@@ -298,8 +298,26 @@ class Row:
     max_late_ms: float
 
 
-def measure(sfu: Child, count: int, url: str, token: str, window_s: float, log: IO[bytes]) -> Row:
+def start_profiler(pid: int, window_s: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (``make bench-deps``) sampling ``pid`` at 200 Hz for one window, written as
+    collapsed stacks for ``bench.profile_shares``."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    command = [str(py_spy), "record", "--pid", str(pid), "--duration", f"{window_s:.0f}"]
+    command += ["--rate", "200", "--format", "raw", "--nonblocking", "--output", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def measure(
+    sfu: Child,
+    count: int,
+    url: str,
+    token: str,
+    window_s: float,
+    log: IO[bytes],
+    profile: Path | None = None,
+) -> Row:
     viewers = None
+    profiler = None
     try:
         if count:
             role = ["--role", "viewers", "--count", str(count), "--url", url, "--token", token]
@@ -308,6 +326,8 @@ def measure(sfu: Child, count: int, url: str, token: str, window_s: float, log: 
         time.sleep(SETTLE_S)
         sfu.ask("stats")  # resets the lateness high-water mark
         before = viewers.ask("stats") if viewers else None
+        if profile is not None:
+            profiler = start_profiler(sfu.pid, window_s, profile)
         sfu_cpu, viewers_cpu, wall = (
             cpu_seconds(sfu.pid),
             cpu_seconds(viewers.pid) if viewers else 0.0,
@@ -322,6 +342,8 @@ def measure(sfu: Child, count: int, url: str, token: str, window_s: float, log: 
         if sfu_stats["subscribers"] != count:
             raise RuntimeError(f"{sfu_stats['subscribers']} subscribers, expected {count}")
     finally:
+        if profiler is not None:
+            reap(profiler, window_s + 30)
         if viewers is not None:
             viewers.close()
     frames = (
@@ -383,7 +405,11 @@ def ffmpeg_copy_pct(clip: Path, window_s: float) -> float:
 
 
 def run_controller(
-    window_s: float, counts: list[int], fresh_clip: bool, plot_path: Path | None
+    window_s: float,
+    counts: list[int],
+    fresh_clip: bool,
+    plot_path: Path | None,
+    profile_path: Path | None = None,
 ) -> None:
     made_at = time.monotonic()
     clip, made = reference_clip(fresh=fresh_clip)
@@ -412,7 +438,8 @@ def run_controller(
             )
             url = f"http://127.0.0.1:{hello['port']}/whep/{APP_ID}/{ROOM_ID}/{PUBLISHER_ID}"
             for count in counts:
-                rows.append(measure(sfu, count, url, token, window_s, log))
+                profile = profile_path if count == max(counts) else None
+                rows.append(measure(sfu, count, url, token, window_s, log, profile))
                 wait_for_no_sessions(sfu)
         except Exception:
             log.seek(0)
@@ -427,6 +454,11 @@ def run_controller(
     if plot_path is not None:
         plot(rows, reference_pct, plot_path)
         print(f"plot: {plot_path}")
+    if profile_path is not None:
+        from bench.profile_shares import shares_report
+
+        print(f"\nwhere the SFU's time went with {max(counts)} viewers ({profile_path}):")
+        print(shares_report(profile_path))
 
 
 def plot(rows: list[Row], reference_pct: float, path: Path) -> None:
@@ -505,6 +537,12 @@ def main() -> None:
     )
     parser.add_argument("--fresh-clip", action="store_true", help="remake the cached clip")
     parser.add_argument("--plot", type=Path, help="write a PNG (needs make bench-deps)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the SFU during the largest N's window into this file and print "
+        "where its time went (needs make bench-deps)",
+    )
     parser.add_argument("--role", choices=["controller", "sfu", "viewers"], default="controller")
     parser.add_argument("--clip", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -518,7 +556,7 @@ def main() -> None:
     else:
         counts = [int(n) for n in args.viewers.split(",")]
         exit_on_sigterm()
-        run_controller(args.seconds, counts, args.fresh_clip, args.plot)
+        run_controller(args.seconds, counts, args.fresh_clip, args.plot, args.profile)
 
 
 if __name__ == "__main__":
