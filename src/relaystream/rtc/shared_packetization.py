@@ -126,6 +126,10 @@ class _SharedPayloadLoop:
                 payloads = frame.payloads()
                 timestamp = (timestamp_origin + frame.timestamp(clock_rate)) & 0xFFFFFFFF
                 last = len(payloads) - 1
+                # One send time per frame: its packets leave in one burst, without
+                # yielding to the event loop, so they would all read the same time.
+                ntp_time = clock.current_ntp_time()
+                abs_send_time = (ntp_time >> 14) & 0xFFFFFF
                 for i, payload in enumerate(payloads):
                     packet = RtpPacket(
                         payload_type=payload_type,
@@ -135,7 +139,7 @@ class _SharedPayloadLoop:
                         ssrc=sender._ssrc,
                         payload=payload,
                     )
-                    packet.extensions.abs_send_time = (clock.current_ntp_time() >> 14) & 0xFFFFFF
+                    packet.extensions.abs_send_time = abs_send_time
                     packet.extensions.mid = mid
                     history[sequence_number % RTP_HISTORY_SIZE] = packet
                     await transport._send_rtp(packet.serialize(extensions_map))
@@ -143,7 +147,7 @@ class _SharedPayloadLoop:
                     packets += 1
                     sequence_number = (sequence_number + 1) & 0xFFFF
                 # What RTCP sender reports tell the viewer.
-                self._set_private("ntp_timestamp", clock.current_ntp_time())
+                self._set_private("ntp_timestamp", ntp_time)
                 self._set_private("rtp_timestamp", timestamp)
                 self._set_private("octet_count", octets)
                 self._set_private("packet_count", packets)
