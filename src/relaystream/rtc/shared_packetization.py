@@ -33,9 +33,11 @@ import av
 from aiortc import clock
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtcrtpsender import RTCRtpSender
-from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
+from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket, wrap_rtx
+
+from relaystream.rtc.rtp_header import HeaderExtensionIds, RtpHeaderTemplate
 
 if TYPE_CHECKING:
     from relaystream.rtc.room import ForwardedTrack
@@ -87,35 +89,58 @@ def send_shared_payloads(sender: RTCRtpSender, track: ForwardedTrack) -> None:
     """Make ``sender`` (whose track is ``track``) send ``track``'s shared payloads;
     call before the connection starts (before the answer is applied)."""
     loop = _SharedPayloadLoop(sender, track)
-    # Instance attributes, never the class: aiortc's ``send`` starts ``self._run_rtp``
-    # and RTCP handling calls ``self._retransmit``.
+    # Instance attributes, never the class: aiortc's ``send`` starts ``self._run_rtp``,
+    # and its RTCP handling answers a NACK with ``self._retransmit``.
+    start_sending = sender.send
+
+    async def send(parameters: RTCRtpSendParameters) -> None:
+        loop.negotiated(parameters)
+        await start_sending(parameters)
+
+    sender.send = send  # type: ignore[method-assign]
     sender._run_rtp = loop.run  # type: ignore[method-assign]
+    sender._retransmit = loop.retransmit  # type: ignore[method-assign]
+
+
+_ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 
 
 class _SharedPayloadLoop:
-    """What replaces one sender's ``_run_rtp``: aiortc's loop, less the packetization."""
+    """What replaces one sender's ``_run_rtp`` and ``_retransmit``: aiortc's loop, less
+    the packetization and the per-packet objects."""
 
     def __init__(self, sender: RTCRtpSender, track: ForwardedTrack) -> None:
         self._sender = sender
         self._track = track
+        self._ids = HeaderExtensionIds()
+        self._mid: str | None = None
+        # The packets sent last, as sent before SRTP, by sequence number modulo the
+        # size: what a NACK asks for again (aiortc keeps RtpPackets, as many).
+        self._history: list[bytes | None] = [None] * RTP_HISTORY_SIZE
+        self._rtx_sequence_number = random.getrandbits(15)
+
+    def negotiated(self, parameters: RTCRtpSendParameters) -> None:
+        ids = {ext.uri: ext.id for ext in parameters.headerExtensions}
+        self._ids = HeaderExtensionIds(
+            mid=ids.get(_MID_URI), abs_send_time=ids.get(_ABS_SEND_TIME_URI)
+        )
+        self._mid = parameters.muxId
 
     def _private(self, name: str) -> Any:
         return getattr(self._sender, _PRIVATE + name)
 
-    def _set_private(self, name: str, value: Any) -> None:
-        setattr(self._sender, _PRIVATE + name, value)
-
     async def run(self, codec: RTCRtpCodecParameters) -> None:
         sender = self._sender
         self._private("rtp_started").set()
-        transport = sender.transport
-        history: dict[int, RtpPacket] = self._private("rtp_history")
-        extensions_map = self._private("rtp_header_extensions_map")
-        mid = self._private("mid")
-        payload_type = codec.payloadType
-        assert payload_type is not None  # set by negotiation before send() starts this
+        send_rtp = sender.transport._send_rtp
+        history = self._history
+        assert codec.payloadType is not None  # negotiated before send() starts this
+        header = RtpHeaderTemplate(
+            payload_type=codec.payloadType, ssrc=sender._ssrc, ids=self._ids, mid=self._mid
+        )
         clock_rate = codec.clockRate
-        sequence_number = random.getrandbits(15)  # aiortc: lower half, no early wrap
+        sequence_number = random.getrandbits(15)  # as aiortc: lower half, no early wrap
         timestamp_origin = random.getrandbits(32)
         octets = packets = 0
         try:
@@ -125,37 +150,53 @@ class _SharedPayloadLoop:
                     continue
                 payloads = frame.payloads()
                 timestamp = (timestamp_origin + frame.timestamp(clock_rate)) & 0xFFFFFFFF
-                last = len(payloads) - 1
                 # One send time per frame: its packets leave in one burst, without
                 # yielding to the event loop, so they would all read the same time.
                 ntp_time = clock.current_ntp_time()
-                abs_send_time = (ntp_time >> 14) & 0xFFFFFF
+                header.start_frame(timestamp, ntp_time >> 14)
+                last = len(payloads) - 1
                 for i, payload in enumerate(payloads):
-                    packet = RtpPacket(
-                        payload_type=payload_type,
-                        marker=1 if i == last else 0,
-                        sequence_number=sequence_number,
-                        timestamp=timestamp,
-                        ssrc=sender._ssrc,
-                        payload=payload,
-                    )
-                    packet.extensions.abs_send_time = abs_send_time
-                    packet.extensions.mid = mid
-                    history[sequence_number % RTP_HISTORY_SIZE] = packet
-                    await transport._send_rtp(packet.serialize(extensions_map))
-                    octets += len(payload)
-                    packets += 1
+                    data = header.packet(sequence_number, i == last, payload)
+                    history[sequence_number % RTP_HISTORY_SIZE] = data
+                    await send_rtp(data)
                     sequence_number = (sequence_number + 1) & 0xFFFF
+                octets += sum(map(len, payloads))
+                packets += len(payloads)
                 # What RTCP sender reports tell the viewer.
-                self._set_private("ntp_timestamp", ntp_time)
-                self._set_private("rtp_timestamp", timestamp)
-                self._set_private("octet_count", octets)
-                self._set_private("packet_count", packets)
+                setattr(sender, _NTP_TIMESTAMP, ntp_time)
+                setattr(sender, _RTP_TIMESTAMP, timestamp)
+                setattr(sender, _OCTET_COUNT, octets)
+                setattr(sender, _PACKET_COUNT, packets)
         except (asyncio.CancelledError, ConnectionError, MediaStreamError):
             pass
         except Exception:
             # rtp_exited must be set whatever happens, or the sender's stop() hangs.
             logger.exception("a viewer's RTP loop failed")
         self._track.stop()
-        self._set_private("track", None)
+        setattr(sender, _PRIVATE + "track", None)
         self._private("rtp_exited").set()
+
+    async def retransmit(self, sequence_number: int) -> None:
+        """Send a packet a viewer reported lost again: in an RTX packet when RTX was
+        negotiated, else as it was."""
+        data = self._history[sequence_number % RTP_HISTORY_SIZE]
+        if data is None or int.from_bytes(data[2:4], "big") != sequence_number:
+            return  # no longer kept
+        rtx_payload_type: int | None = self._private("rtx_payload_type")
+        if rtx_payload_type is not None:
+            extensions_map = self._private("rtp_header_extensions_map")
+            data = wrap_rtx(
+                RtpPacket.parse(data, extensions_map),
+                payload_type=rtx_payload_type,
+                sequence_number=self._rtx_sequence_number,
+                ssrc=self._sender._rtx_ssrc,
+            ).serialize(extensions_map)
+            self._rtx_sequence_number = (self._rtx_sequence_number + 1) & 0xFFFF
+        await self._sender.transport._send_rtp(data)
+
+
+# The sender's state that its RTCP sender reports are made of.
+_NTP_TIMESTAMP = _PRIVATE + "ntp_timestamp"
+_RTP_TIMESTAMP = _PRIVATE + "rtp_timestamp"
+_OCTET_COUNT = _PRIVATE + "octet_count"
+_PACKET_COUNT = _PRIVATE + "packet_count"
