@@ -2,9 +2,11 @@
 per viewer, and what aiortc's receiving side makes of the result.
 
 The sender is aiortc's own ``RTCRtpSender`` with the room's adaptation installed; only
-its DTLS transport is a recorder (a real one needs a handshake with a peer, which the
-WHEP stories in test_whep.py do). What it records is read back with aiortc's receiving
-code: ``RtpPacket.parse``, the H.264 depayloader, the video jitter buffer and decoder.
+its DTLS transport is a stand-in (a real one needs a handshake with a peer, which the
+WHEP stories in test_whep.py do) with real SRTP sessions and ICE pair, and a socket
+that records. What it records is read back with aiortc's receiving code: SRTP
+unprotect, ``RtpPacket.parse``, the H.264 depayloader, the video jitter buffer and
+decoder.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aioice.candidate import Candidate
+from aioice.ice import CandidatePair, StunProtocol
 from aiortc.codecs import depayload
 from aiortc.codecs.h264 import H264Decoder
 from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import (
     RTCRtcpParameters,
     RTCRtpCodecParameters,
@@ -36,6 +42,7 @@ from aiortc.rtp import (
     is_rtcp,
     unwrap_rtx,
 )
+from pylibsrtp import Policy, Session
 
 from relaystream.rtc.keyframe_requests import forward_keyframe_requests
 from relaystream.rtc.room import ForwardedTrack, RoomRegistry, TrackKind
@@ -52,13 +59,32 @@ MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 FRAMES = 40  # of the 30 fps clip: over a second, with its first keyframe
 
 
-class RecordingTransport:
-    """Where the sender hands its packets after the header rewrite, before SRTP."""
+def srtp_policy(ssrc_type: int) -> Policy:
+    """As aiortc's DTLS transport sets up its sessions, with a fixed key."""
+    policy = Policy(key=bytes(range(30)), ssrc_type=ssrc_type)  # 128-bit key, 112-bit salt
+    policy.allow_repeat_tx = True
+    policy.window_size = 1024
+    return policy
 
+
+class RecordingTransport:
+    """Stands where the sender's DTLS transport is, connected, with a real SRTP session
+    and ICE candidate pair whose socket records the datagrams it is given; what it
+    records is read back through SRTP, as the viewer's end would."""
+
+    _state = DtlsState.CONNECTED
     state = "connected"
     _stats_id = "transport"
+    _RTCDtlsTransport__tx_bytes = 0
+    _RTCDtlsTransport__tx_packets = 0
 
     def __init__(self) -> None:
+        self._tx_srtp = Session(srtp_policy(Policy.SSRC_ANY_OUTBOUND))
+        protocol = StunProtocol(receiver=None)
+        protocol.transport = self
+        viewer = Candidate("1", 1, "udp", 1, "127.0.0.1", 9, "host")
+        self.transport = SimpleNamespace(_connection=SimpleNamespace(_nominated={1: None}))
+        self.transport._connection._nominated[1] = CandidatePair(protocol, viewer)
         self.sent: list[bytes] = []
         self.arrived = asyncio.Event()
 
@@ -69,9 +95,16 @@ class RecordingTransport:
         pass
 
     async def _send_rtp(self, data: bytes) -> None:
+        """aiortc's own path (RTCP, retransmissions)."""
         if not is_rtcp(data):
-            self.sent.append(data)
-            self.arrived.set()
+            self.sendto(self._tx_srtp.protect(data), ("127.0.0.1", 9))
+
+    def sendto(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        assert addr == ("127.0.0.1", 9)
+        # Each datagram read on its own: a retransmission without RTX repeats a packet,
+        # which one receiving session would refuse as a replay.
+        self.sent.append(Session(srtp_policy(Policy.SSRC_ANY_INBOUND)).unprotect(datagram))
+        self.arrived.set()
 
     async def wait_for_packets(self, count: int) -> None:
         async with asyncio.timeout(5):
@@ -214,6 +247,8 @@ async def test_every_frame_a_viewer_is_sent_decodes_in_aiortc(
     assert all(p.extensions.abs_send_time is not None for p in packets)
     # The jitter buffer hands a frame over when the next one starts: all but the last.
     assert decode(packets) == FRAMES - 1
+    # Sent straight to the pair's socket, and counted in the transport's stats.
+    assert viewer.transport._RTCDtlsTransport__tx_packets == len(packets)
 
 
 async def test_a_viewer_who_joins_later_gets_its_own_unbroken_sequence_from_a_keyframe(

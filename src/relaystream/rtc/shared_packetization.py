@@ -30,9 +30,12 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import av
+from aioice.ice import StunProtocol
 from aiortc import clock
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket, wrap_rtx
@@ -133,7 +136,8 @@ class _SharedPayloadLoop:
     async def run(self, codec: RTCRtpCodecParameters) -> None:
         sender = self._sender
         self._private("rtp_started").set()
-        send_rtp = sender.transport._send_rtp
+        dtls = sender.transport
+        send_rtp = dtls._send_rtp
         history = self._history
         assert codec.payloadType is not None  # negotiated before send() starts this
         header = RtpHeaderTemplate(
@@ -155,11 +159,17 @@ class _SharedPayloadLoop:
                 ntp_time = clock.current_ntp_time()
                 header.start_frame(timestamp, ntp_time >> 14)
                 last = len(payloads) - 1
+                link = _UdpLink.of(dtls)
                 for i, payload in enumerate(payloads):
                     data = header.packet(sequence_number, i == last, payload)
                     history[sequence_number % RTP_HISTORY_SIZE] = data
-                    await send_rtp(data)
+                    if link is not None:
+                        link.send(data)
+                    else:
+                        await send_rtp(data)
                     sequence_number = (sequence_number + 1) & 0xFFFF
+                if link is not None:
+                    link.count_in(dtls)
                 octets += sum(map(len, payloads))
                 packets += len(payloads)
                 # What RTCP sender reports tell the viewer.
@@ -200,3 +210,45 @@ _NTP_TIMESTAMP = _PRIVATE + "ntp_timestamp"
 _RTP_TIMESTAMP = _PRIVATE + "rtp_timestamp"
 _OCTET_COUNT = _PRIVATE + "octet_count"
 _PACKET_COUNT = _PRIVATE + "packet_count"
+
+
+class _UdpLink:
+    """A viewer's connected ICE pair over plain UDP, sent to without aiortc's per-packet
+    path: ``RTCDtlsTransport._send_rtp`` → ``Connection.send`` → ``Connection.sendto`` →
+    ``StunProtocol.send_data`` are three coroutines and checks per packet around two
+    calls, SRTP protect and the datagram transport's ``sendto``, made here directly.
+    Looked up once per frame, so a lost connection still ends the loop
+    (ConnectionError) as aiortc's path would. Any other kind of pair (TURN) keeps
+    aiortc's path (``of`` returns None)."""
+
+    __slots__ = ("_addr", "_protect", "_sendto", "bytes_sent", "packets_sent")
+
+    def __init__(self, protect: Any, sendto: Any, addr: tuple[str, int]) -> None:
+        self._protect = protect
+        self._sendto = sendto
+        self._addr = addr
+        self.bytes_sent = 0
+        self.packets_sent = 0
+
+    @classmethod
+    def of(cls, dtls: RTCDtlsTransport) -> _UdpLink | None:
+        if dtls._state is not DtlsState.CONNECTED:
+            raise ConnectionError("Cannot send encrypted RTP, not connected")
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        protocol = pair.protocol
+        if type(protocol) is not StunProtocol or protocol.transport is None:
+            return None
+        return cls(dtls._tx_srtp.protect, protocol.transport.sendto, pair.remote_addr)
+
+    def send(self, data: bytes) -> None:
+        protected = self._protect(data)
+        self._sendto(protected, self._addr)
+        self.bytes_sent += len(protected)
+        self.packets_sent += 1
+
+    def count_in(self, dtls: RTCDtlsTransport) -> None:
+        """Add what was sent to the transport's own counters (its stats)."""
+        dtls._RTCDtlsTransport__tx_bytes += self.bytes_sent  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__tx_packets += self.packets_sent  # type: ignore[attr-defined]
