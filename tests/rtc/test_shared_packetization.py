@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import av
 import pytest
 from aioice.candidate import Candidate
 from aioice.ice import CandidatePair, StunProtocol
@@ -355,3 +357,32 @@ async def test_a_viewer_that_leaves_stops_its_subscription(
     await viewer.sender.stop()
 
     assert video.subscriber_count == 0
+
+
+async def test_an_opus_frame_reaches_a_viewer_as_it_was_published(
+    viewers: list[Viewer],
+) -> None:
+    opus = RTCRtpCodecParameters(
+        mimeType="audio/opus", clockRate=48_000, channels=2, payloadType=111
+    )
+    audio = RoomRegistry().publish("app", "room", "relay", frozenset({TrackKind.AUDIO}))
+    sent_with = parameters()
+    sent_with.codecs = [opus]
+    viewer = Viewer(audio.tracks[TrackKind.AUDIO].subscribe(), sent_with)
+    viewers.append(viewer)
+    await viewer.start()
+    frames = [bytes([index]) * (60 + index) for index in range(5)]
+    for index, data in enumerate(frames):
+        packet = av.Packet(data)
+        packet.pts = packet.dts = index * 960
+        packet.time_base = Fraction(1, 48_000)
+        packet.is_keyframe = True
+        audio.send(TrackKind.AUDIO, packet)
+    await viewer.transport.wait_for_packets(len(frames))
+
+    packets = viewer.packets()
+    # One RTP packet per Opus frame, its bytes untouched, 20 ms apart on the 48 kHz clock.
+    assert [p.payload for p in packets] == frames
+    assert all(p.payload_type == 111 and p.marker for p in packets)
+    steps = {(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in itertools.pairwise(packets)}
+    assert steps == {960}
