@@ -1,23 +1,28 @@
-"""A patch of aiortc 1.16.0's RTCRtpSender: RTP payloads made once per publication.
+"""A patch of aiortc 1.16.0 and aioice 0.13.0: a cheaper packet path for room viewers.
 
 Why it exists: aiortc's sender packetizes whatever its track returns, per sender. For
 the room's viewers that means every viewer of a publication splits the same H.264
 frame into the same NAL units and FU-A fragments, and builds an ``RtpPacket`` object
 and its header extensions for every packet (with a ``datetime`` → NTP conversion each
-time for abs-send-time). Everything but the header (SSRC, sequence number, timestamp
-offset, marker, extensions) and SRTP is the same for every viewer.
+time for abs-send-time), then hands it down three coroutines to the socket. Everything
+but the header (SSRC, sequence number, timestamp offset, marker, extensions) and SRTP
+is the same for every viewer.
 
 What it changes, and only for the senders given to ``send_shared_payloads`` (a room
 viewer's): the frames come from ``ForwardedTrack.next_frame()`` as ``OutgoingFrame``s,
 whose RTP payloads are made once, by whichever viewer needs them first, with aiortc's
-own packetizer; each viewer's loop then writes its header into a preallocated template
-and sends header + payload. Sequence numbers, timestamps, RTCP sender reports, NACK →
-retransmission (RTX when negotiated) and PLI/FIR behave as in aiortc. Every other
-sender in the process (Janus and WHIP publishers) keeps aiortc's own loop.
+own packetizer; each viewer's loop then reads the clock once per frame, writes its
+header into a preallocated template (``rtp_header``), and sends header + payload through
+SRTP straight to its ICE pair's UDP socket. Sequence numbers, timestamps, RTCP sender
+reports, NACK → retransmission (RTX when negotiated) and PLI/FIR behave as in aiortc.
+Every other sender in the process (Janus and WHIP publishers) keeps aiortc's own loop.
 
-It reaches into the sender's name-mangled state (``_RTCRtpSender__...``), which is
-why it is pinned to the aiortc version in pyproject.toml: check it against
-``RTCRtpSender._run_rtp``, ``_retransmit`` and ``send`` when aiortc is upgraded.
+It reaches into name-mangled and private state (``_RTCRtpSender__...``, the DTLS
+transport's SRTP session, aioice's nominated pair), which is why it is pinned to the
+versions in pyproject.toml and constraints.txt: check it against ``RTCRtpSender``'s
+``_run_rtp``, ``_retransmit`` and ``send``, ``RTCDtlsTransport._send_rtp`` and
+``aioice.Connection.sendto`` when aiortc or aioice is upgraded. It can go if aiortc's
+sender learns to send pre-packetized payloads.
 """
 
 from __future__ import annotations
