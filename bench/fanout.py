@@ -18,9 +18,10 @@ Three processes, all on 127.0.0.1:
 N = 0 is the baseline: pacing the publication and keeping its GOP cache, no viewer. The
 increment over it, divided by N, is the cost of one viewer: its RTP headers, SRTP,
 sends and RTCP, never an encode (the RTP payloads are made once per publication, when
-the first viewer needs them, so N = 0 does not pay for them). The reference is measured in the same run: the ffmpeg CLI
-moving the same video in real time (``-re``, ``-c:v copy``, ``h264_mp4toannexb``, null
-muxer) for as long as one window; each viewer's cost is shown as a multiple of it.
+the first viewer needs them, so N = 0 does not pay for them). The reference is
+measured in the same run: the ffmpeg CLI moving the same video in real time (``-re``,
+``-c:v copy``, ``h264_mp4toannexb``, null muxer) for as long as one window; each
+viewer's cost is shown as a multiple of it.
 Takes about 2 minutes.
 """
 
