@@ -25,7 +25,7 @@ from bench.common import table
 BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sendto: one syscall per RTP packet per viewer", ("sendto (asyncio/selector_events.py",)),
     ("SRTP protect, per packet per viewer", ("protect (pylibsrtp",)),
-    ("incoming RTCP (receive, unprotect, parse, handle)", ("_recv_next", "_handle_rtcp")),
+    ("incoming RTCP (receive, unprotect, parse; NACK → resend)", ("_recv_next", "_handle_rtcp")),
     ("NTP time (abs-send-time, sender reports)", ("current_ntp_time",)),
     (
         "H.264 packetization (NAL split, FU-A/STAP-A)",
@@ -37,7 +37,7 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "the send path's Python (DTLS transport → ICE connection → datagram transport)",
-        ("RTCDtlsTransport._send_rtp", "Connection.send (aioice", "rtc/direct_send.py"),
+        ("RTCDtlsTransport._send_rtp", "Connection.send (aioice", "_UdpLink.send ("),
     ),
     ("ICE (consent checks, STUN)", ("aioice/",)),
     ("the publication's feed (pacing, av.Packets, fan-out)", ("feed (bench/fanout.py",)),
