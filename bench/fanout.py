@@ -18,8 +18,9 @@ Three processes, all on 127.0.0.1:
 - this process, which starts them and reads the SFU's CPU time.
 
 N = 0 is the baseline: pacing the publication and keeping its GOP cache, no viewer. The
-increment over it, divided by N, is the cost of one viewer: packetization + SRTP +
-RTCP, never an encode. The reference is measured in the same run, over the N = 0
+increment over it, divided by N, is the cost of one viewer: its RTP headers, SRTP,
+sends and RTCP, never an encode (the RTP payloads are made once per publication, when
+the first viewer needs them, so N = 0 does not pay for them). The reference is measured in the same run, over the N = 0
 window: the ffmpeg CLI moving the same video in real time (``-re``, ``-c:v copy``,
 ``h264_mp4toannexb``, null muxer); each viewer's cost is shown as a multiple of it.
 Takes about 2 minutes; ``make bench`` calls ``measure()`` (figure 2).
@@ -289,15 +290,26 @@ def start_viewers(count: int, url: str, token: str, log: IO[bytes]) -> Child:
     return Child(["--role", "viewers", "--count", str(count), "--url", url, "--token", token], log)
 
 
+def start_profiler(pid: int, window_s: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (``make bench-deps``) sampling ``pid`` at 200 Hz for one window, written as
+    collapsed stacks for ``bench.profile_shares``."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    command = [str(py_spy), "record", "--pid", str(pid), "--duration", f"{window_s:.0f}"]
+    command += ["--rate", "200", "--format", "raw", "--nonblocking", "--output", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def measure_viewers(
     sfu: Child,
     viewers: Child | None,
     timing: Timing,
     alongside: subprocess.Popen[bytes] | None = None,
+    profile: Path | None = None,
 ) -> tuple[Row, float]:
     """A window with ``viewers`` (none: N = 0); also the CPU % of ``alongside`` over the
-    same window, if any."""
+    same window, if any; with ``profile``, the SFU's py-spy samples of the window."""
     count = 0
+    profiler = None
     try:
         if viewers:
             count = viewers.ask("connect", CONNECT_TIMEOUT_S + 10)["ready"]
@@ -309,10 +321,14 @@ def measure_viewers(
             *([viewers.pid] if viewers else []),
             *([alongside.pid] if alongside else []),
         ]
+        if profile is not None:
+            profiler = start_profiler(sfu.pid, timing.window_s, profile)
         cpu_before, started = {pid: cpu_seconds(pid) for pid in pids}, time.monotonic()
         time.sleep(timing.window_s)
         used_s = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in pids}
         wall_s = time.monotonic() - started
+        if profiler is not None:
+            profiler.wait(timing.window_s + 30)
         sfu_stats = sfu.ask("stats")
         after = viewers.ask("stats") if viewers else None
         if sfu_stats["subscribers"] != count:
@@ -379,7 +395,10 @@ class Result:
         return (last.sfu_pct - self.rows[0].sfu_pct) / last.viewers
 
 
-def run_controller(timing: Timing, fresh_clip: bool = False) -> Result:
+def run_controller(
+    timing: Timing, fresh_clip: bool = False, profile: Path | None = None
+) -> Result:
+    """The whole run; with ``profile``, py-spy samples the SFU in the last (largest) window."""
     if timing.counts[0] != 0 or len(timing.counts) < 2:
         raise ValueError("the viewer counts start with 0 (the baseline) and have one more")
     made_at = time.monotonic()
@@ -416,7 +435,8 @@ def run_controller(timing: Timing, fresh_clip: bool = False) -> Result:
                 baseline, reference_pct = measure_viewers(sfu, None, timing, reference)
             rows.append(baseline)
             for viewers in waiting:
-                rows.append(measure_viewers(sfu, viewers, timing)[0])
+                sampled = profile if viewers is waiting[-1] else None
+                rows.append(measure_viewers(sfu, viewers, timing, profile=sampled)[0])
                 wait_for_no_sessions(sfu)
         except Exception:
             log.seek(0)
@@ -546,6 +566,11 @@ def main() -> None:
     )
     parser.add_argument("--fresh-clip", action="store_true", help="remake the cached clip")
     parser.add_argument("--plot", type=Path, help="write a PNG (needs make bench-deps)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy samples of the SFU in the largest N's window (needs make bench-deps)",
+    )
     parser.add_argument("--role", choices=["controller", "sfu", "viewers"], default="controller")
     parser.add_argument("--clip", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -561,9 +586,16 @@ def main() -> None:
         exit_on_sigterm()
         counts = sorted({0, *(int(n) for n in args.viewers.split(","))})
         result = run_controller(
-            replace(FULL, counts=tuple(counts), window_s=args.seconds), args.fresh_clip
+            replace(FULL, counts=tuple(counts), window_s=args.seconds),
+            args.fresh_clip,
+            args.profile,
         )
         print(report(result))
+        if args.profile is not None:
+            from bench.profile_shares import shares_report
+
+            print(f"\nwhere the SFU's time went with {counts[-1]} viewers ({args.profile}):")
+            print(shares_report(args.profile))
         if args.plot is not None:
             print(f"plot: {plot(result, args.plot)}")
 

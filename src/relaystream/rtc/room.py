@@ -22,6 +22,7 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from relaystream.rtc.keyframe_requests import KeyframeRequests
+from relaystream.rtc.shared_packetization import OutgoingFrame
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,12 @@ RoomListener = Callable[[RoomEvent], None]
 
 
 class ForwardedTrack(MediaStreamTrack):
-    """One subscriber's copy of a published track: encoded packets, never frames.
+    """One subscriber's copy of a published track: encoded frames, never decoded.
 
-    aiortc's sender only packetizes what ``recv`` returns when it is an ``av.Packet[Any]``,
-    so N subscribers cost N packetizations and no encode.
+    ``recv`` returns ``av.Packet``s, which aiortc's own sender packetizes (a Janus or
+    WHIP publisher's single track). A room viewer's sender reads ``next_frame``
+    instead (``shared_packetization``): the frames are shared by every viewer of the
+    publication, and so are their RTP payloads.
     """
 
     def __init__(
@@ -68,14 +71,17 @@ class ForwardedTrack(MediaStreamTrack):
         self.kind = kind.value
         self._track_kind = kind
         self._on_stop = on_stop
-        self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue(queue_packets)
+        self._queue: asyncio.Queue[OutgoingFrame | None] = asyncio.Queue(queue_packets)
         self._waiting_for_keyframe = False
         self.packets_dropped = 0
 
     def offer(self, packet: av.Packet[Any]) -> None:
+        self.offer_frame(OutgoingFrame(packet, is_video=self._track_kind is TrackKind.VIDEO))
+
+    def offer_frame(self, frame: OutgoingFrame) -> None:
         is_video = self._track_kind is TrackKind.VIDEO
         if self._waiting_for_keyframe:
-            if not packet.is_keyframe:
+            if not frame.is_keyframe:
                 self.packets_dropped += 1
                 return
             self._waiting_for_keyframe = False
@@ -83,11 +89,11 @@ class ForwardedTrack(MediaStreamTrack):
             self.packets_dropped += self._queue.qsize()
             self._clear()
             # Video after a gap is undecodable until the next keyframe.
-            if is_video and not packet.is_keyframe:
+            if is_video and not frame.is_keyframe:
                 self._waiting_for_keyframe = True
                 self.packets_dropped += 1
                 return
-        self._queue.put_nowait(packet)
+        self._queue.put_nowait(frame)
 
     def finish(self) -> None:
         """No more packets: ``recv`` raises MediaStreamError once the queue drains."""
@@ -96,13 +102,16 @@ class ForwardedTrack(MediaStreamTrack):
         self._queue.put_nowait(None)
 
     async def recv(self) -> av.Packet[Any]:
+        return (await self.next_frame()).packet
+
+    async def next_frame(self) -> OutgoingFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        packet = await self._queue.get()
-        if packet is None:
+        frame = await self._queue.get()
+        if frame is None:
             self.stop()
             raise MediaStreamError
-        return packet
+        return frame
 
     def stop(self) -> None:
         super().stop()
@@ -119,7 +128,7 @@ class PublishedTrack:
     def __init__(self, kind: TrackKind) -> None:
         self.kind = kind
         self._subscribers: set[ForwardedTrack] = set()
-        self._gop_cache: list[av.Packet[Any]] = []
+        self._gop_cache: list[OutgoingFrame] = []
         self._finished = False
         self.packets_in = 0
         self.bytes_in = 0
@@ -135,10 +144,12 @@ class PublishedTrack:
     def push(self, packet: av.Packet[Any]) -> None:
         self.packets_in += 1
         self.bytes_in += packet.size
-        if self.kind is TrackKind.VIDEO:
-            self._remember(packet)
+        # One frame for every subscriber: its RTP payloads are made once.
+        frame = OutgoingFrame(packet, is_video=self.kind is TrackKind.VIDEO)
+        if frame.is_video:
+            self._remember(frame)
         for subscriber in tuple(self._subscribers):
-            subscriber.offer(packet)
+            subscriber.offer_frame(frame)
 
     def subscribe(self) -> ForwardedTrack:
         # Room for the whole cached GOP on top of the usual backlog: dropping part of
@@ -151,8 +162,8 @@ class PublishedTrack:
         if self._finished:
             track.finish()
             return track
-        for packet in self._gop_cache:
-            track.offer(packet)
+        for frame in self._gop_cache:
+            track.offer_frame(frame)
         self._subscribers.add(track)
         if self.kind is TrackKind.VIDEO and not self._gop_cache and self.request_keyframe:
             self.request_keyframe()
@@ -164,14 +175,14 @@ class PublishedTrack:
             subscriber.finish()
         self._gop_cache.clear()
 
-    def _remember(self, packet: av.Packet[Any]) -> None:
-        if packet.is_keyframe:
-            self._gop_cache = [packet]
+    def _remember(self, frame: OutgoingFrame) -> None:
+        if frame.is_keyframe:
+            self._gop_cache = [frame]
         elif self._gop_cache:
             if len(self._gop_cache) >= GOP_CACHE_MAX_PACKETS:
                 self._gop_cache = []
             else:
-                self._gop_cache.append(packet)
+                self._gop_cache.append(frame)
 
 
 class Publication:

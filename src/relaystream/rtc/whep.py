@@ -23,6 +23,7 @@ from relaystream.logs import log_event
 from relaystream.rtc.keyframe_requests import forward_keyframe_requests
 from relaystream.rtc.room import Publication, RoomRegistry, TrackKind
 from relaystream.rtc.session_caps import SessionCaps
+from relaystream.rtc.shared_packetization import send_shared_payloads
 from relaystream.rtc.signaling import (
     PeerSession,
     PeerSessions,
@@ -144,6 +145,7 @@ class WhepEndpoint:
             # its track: stopped here, it leaves the publication's fan-out either way.
             session.on_close(track.stop)
             transceiver = pc.addTransceiver(track, direction="sendonly")
+            send_shared_payloads(transceiver.sender, track)
             if kind is TrackKind.VIDEO:
                 transceiver.setCodecPreferences(h264_only())
                 forward_keyframe_requests(transceiver.sender, publication.request_keyframe)
