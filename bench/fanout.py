@@ -20,9 +20,10 @@ Three processes, all on 127.0.0.1:
 N = 0 is the baseline: pacing the publication and keeping its GOP cache, no viewer. The
 increment over it, divided by N, is the cost of one viewer: its RTP headers, SRTP,
 sends and RTCP, never an encode (the RTP payloads are made once per publication, when
-the first viewer needs them, so N = 0 does not pay for them). The reference is measured in the same run, over the N = 0
-window: the ffmpeg CLI moving the same video in real time (``-re``, ``-c:v copy``,
-``h264_mp4toannexb``, null muxer); each viewer's cost is shown as a multiple of it.
+the first viewer needs them, so N = 0 does not pay for them). The reference is measured
+in the same run, over the N = 0 window: the ffmpeg CLI moving the same video in real
+time (``-re``, ``-c:v copy``, ``h264_mp4toannexb``, null muxer); each viewer's cost is
+shown as a multiple of it.
 Takes about 2 minutes; ``make bench`` calls ``measure()`` (figure 2).
 """
 
@@ -395,9 +396,7 @@ class Result:
         return (last.sfu_pct - self.rows[0].sfu_pct) / last.viewers
 
 
-def run_controller(
-    timing: Timing, fresh_clip: bool = False, profile: Path | None = None
-) -> Result:
+def run_controller(timing: Timing, fresh_clip: bool = False, profile: Path | None = None) -> Result:
     """The whole run; with ``profile``, py-spy samples the SFU in the last (largest) window."""
     if timing.counts[0] != 0 or len(timing.counts) < 2:
         raise ValueError("the viewer counts start with 0 (the baseline) and have one more")
