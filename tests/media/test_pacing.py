@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 
-from relaystream.media.pacing import LIVE_CATCH_UP_RATE, RealtimePacer
+from relaystream.media.pacing import LIVE_CATCH_UP_LIMIT_S, LIVE_CATCH_UP_RATE, RealtimePacer
 
 FPS = 30
 FRAME_S = 1 / FPS
@@ -169,6 +169,22 @@ def test_a_live_source_arriving_in_small_bursts_is_passed_on_without_added_delay
         sent_late.append(clock.now - arrives_at)
 
     assert max(sent_late[-FPS:]) < 1e-6  # once caught up, each frame leaves as it arrives
+
+
+def test_a_file_taken_for_live_catches_up_only_a_probe_then_plays_at_real_time() -> None:
+    # A file that does not say its duration is read as fast as the network allows.
+    clock = FakeClock()
+    pacer = RealtimePacer(clock=clock, sleep=clock.sleep, catch_up_rate=LIVE_CATCH_UP_RATE)
+    started_at = clock.now
+    sent_at = []
+    for index in range(20 * FPS):
+        pacer.wait_for(index * FRAME_S)
+        sent_at.append(clock.now)
+
+    played_s = sent_at[-1] - started_at
+    assert played_s == pytest.approx((20 * FPS - 1) * FRAME_S - LIVE_CATCH_UP_LIMIT_S)
+    last_gaps = [later - earlier for earlier, later in itertools.pairwise(sent_at[-FPS:])]
+    assert last_gaps == pytest.approx([FRAME_S] * (FPS - 1))
 
 
 def test_a_catch_up_rate_must_be_faster_than_real_time() -> None:
