@@ -16,7 +16,7 @@ import av
 import pytest
 
 from relaystream.media.events import SourceOpened, SourceProgress, VideoOutput, WorkerEvent
-from relaystream.media.pipeline import RealtimePacer, RelayPipeline
+from relaystream.media.pipeline import RelayPipeline
 from relaystream.media.source import SourceError
 from relaystream.media.spec import MediaType, PipelineSpec, StreamMode
 from relaystream.media.testsrc import ClipSpec, make_test_clip
@@ -27,87 +27,6 @@ NAL_IDR, NAL_SPS, NAL_PPS = 5, 7, 8
 SOURCE_FPS = 30
 SOURCE_SIZE = (320, 180)
 BLACK_LUMA_MAX = 24  # black is 16 in limited-range video; a little slack for the codec
-
-
-# -- pacing, with a clock we control ---------------------------------------------------
-
-
-class FakeClock:
-    """A wall clock that only moves when the pacer sleeps or the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 6))
-        self.now += seconds
-
-
-def pacer_on(clock: FakeClock) -> RealtimePacer:
-    return RealtimePacer(clock=clock, sleep=clock.sleep, max_lag_s=1.0, max_wait_s=5.0)
-
-
-def test_media_time_is_played_at_wall_clock_speed() -> None:
-    clock = FakeClock()
-    pacer = pacer_on(clock)
-
-    for media_time_s in (10.0, 10.0, 10.5, 11.0, 12.0):  # a stream that starts at 10 s
-        pacer.wait_for(media_time_s)
-
-    assert clock.sleeps == [0.5, 0.5, 1.0]
-    assert clock.now == 102.0
-
-
-def test_a_source_that_is_slightly_late_is_not_waited_for() -> None:
-    clock = FakeClock()
-    pacer = pacer_on(clock)
-    pacer.wait_for(0.0)
-
-    clock.now += 1.5  # the network stalled half a second more than the media lasted
-    pacer.wait_for(1.0)
-    pacer.wait_for(1.2)  # still behind: played at once, catching up
-
-    assert clock.sleeps == []
-    pacer.wait_for(2.0)
-    assert clock.sleeps == [0.5]
-
-
-def test_a_source_far_behind_is_reanchored_instead_of_played_in_a_burst() -> None:
-    clock = FakeClock()
-    pacer = pacer_on(clock)
-    pacer.wait_for(0.0)
-
-    clock.now += 30.0  # a live stream that stalled for half a minute
-    pacer.wait_for(1.0)
-    pacer.wait_for(1.5)
-
-    # Media time 1.0 is the new "now": what follows is paced from there.
-    assert clock.sleeps == [0.5]
-
-
-def test_a_jump_ahead_in_timestamps_is_reanchored_instead_of_waited_for() -> None:
-    clock = FakeClock()
-    pacer = pacer_on(clock)
-    pacer.wait_for(0.0)
-
-    pacer.wait_for(3600.0)  # a discontinuity: an hour ahead
-    pacer.wait_for(3600.25)
-
-    assert clock.sleeps == [0.25]
-
-
-def test_a_wait_up_to_the_limit_is_honoured() -> None:
-    clock = FakeClock()
-    pacer = pacer_on(clock)
-    pacer.wait_for(0.0)
-
-    pacer.wait_for(5.0)
-
-    assert clock.sleeps == [5.0]
 
 
 # -- the pipeline, on real clips served over HTTP -------------------------------------

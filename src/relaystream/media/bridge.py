@@ -28,7 +28,7 @@ import av
 import av.container
 
 from relaystream.media.failures import SourceError
-from relaystream.media.formats import SourceKind
+from relaystream.media.formats import SourceKind, probe_options
 from relaystream.media.spec import PipelineSpec
 from relaystream.netpolicy.proxy import CheckingProxy
 
@@ -51,6 +51,13 @@ _CLI_ERRORS: tuple[tuple[str, str, bool], ...] = (
 
 
 SETPRIV = shutil.which("setpriv")
+
+
+def _probe_arguments(kind: SourceKind) -> list[str]:
+    """The CLI probes its input as we would (formats.py), not with its longer defaults."""
+    return [
+        argument for name, value in probe_options(kind).items() for argument in (f"-{name}", value)
+    ]
 
 
 def _protocol_options(spec: PipelineSpec, kind: SourceKind) -> list[str]:
@@ -99,6 +106,7 @@ class CliBridge:
             "-loglevel",
             "error",
             *_protocol_options(self._spec, self._kind),
+            *_probe_arguments(self._kind),
             *seek,
             "-i",
             self._url,
@@ -124,7 +132,12 @@ class CliBridge:
         assert self._process.stderr is not None and self._process.stdout is not None
         threading.Thread(target=self._collect, args=(self._process.stderr,), daemon=True).start()
         try:
-            return av.open(self._process.stdout, mode="r", format="mpegts")
+            return av.open(
+                self._process.stdout,
+                mode="r",
+                format="mpegts",
+                options=probe_options(self._kind),
+            )
         except (av.error.FFmpegError, OSError) as exc:
             raise self.failure() from exc
 

@@ -27,6 +27,27 @@ class SourceKind(StrEnum):
     SRT = "srt"
 
 
+# Live kinds that deliver packets as they are produced, not a segment at a time: their
+# pacer catches up with the live edge (pacing.py).
+CONTINUOUS_KINDS = frozenset(
+    {SourceKind.RTMP, SourceKind.RTSP, SourceKind.SRT, SourceKind.HTTP_FILE}
+)
+
+# How much of a source FFmpeg reads before the first packet comes out. FLV and MPEG-TS
+# announce no stream list, so a stream exists only once its first packet was read, and a
+# relay picks its tracks once: the probe must last long enough to see each. A live RTMP
+# server starts a new reader's video at the next keyframe while its audio flows at once,
+# so that is up to a keyframe interval; 2 s (as much media as bytes allow) covers the
+# usual one. A source with both streams is done as soon as both have their codec
+# parameters (H.264 SPS/PPS in FLV's sequence header, AAC's config in its first tag); a
+# source with only one waits the full 2 s, as the ffmpeg CLI would (5 s).
+_PROBE = {"analyzeduration": "2000000", "probesize": "2000000"}
+# FFmpeg also reads 40 frames of a millisecond-timestamped stream (FLV) to guess its
+# frame rate, which holds the first frame of a live stream by 1.3 s at 30 fps. FLV's
+# metadata states the rate and our timestamps come from the packets: no guess needed.
+_NO_FRAME_RATE_GUESS = {"fpsprobesize": "0"}
+_STREAMING_KINDS = frozenset({SourceKind.RTMP, SourceKind.SRT, SourceKind.HTTP_FILE})
+
 # Read by Debian's ffmpeg CLI (bridge.py): the bundled FFmpeg has no SRT protocol and
 # no DASH demuxer.
 BRIDGED_KINDS = frozenset({SourceKind.DASH, SourceKind.SRT})
@@ -57,9 +78,14 @@ def unverified_tls_context() -> ssl.SSLContext:
     return context
 
 
+def probe_options(kind: SourceKind) -> dict[str, str]:
+    """FFmpeg's probing options for reading ``kind``."""
+    return _PROBE | (_NO_FRAME_RATE_GUESS if kind in _STREAMING_KINDS else {})
+
+
 def format_options(spec: PipelineSpec, kind: SourceKind) -> dict[str, str]:
     """FFmpeg options for reading ``spec.url`` as ``kind``, beyond those every source
-    gets (source.py: protocol whitelist, timeouts, probing)."""
+    gets (source.py: protocol whitelist, timeouts) and its probing (probe_options)."""
     if kind is SourceKind.HLS:
         # Start a live playlist three segments from its end: the live edge, with enough
         # buffered to ride out one slow segment.

@@ -3,7 +3,8 @@
 Every packet is first rebased onto one continuous timeline (timeline.py), so jumps,
 wraps and loops never reach a decoder or filter as gaps. Video is then forwarded
 untouched (remux) or encoded once (transcode, video.py); audio becomes Opus (audio.py).
-Output is paced in real time and its timestamps start near 0 for every worker.
+Output is paced in real time (a continuous live source catching up with its live edge,
+pacing.py) and its timestamps start near 0 for every worker.
 
 A VOD may start at a position (a relaunched worker resuming) and may loop: at its end the
 pipeline seeks back to the start, or reopens the source, without a visible gap.
@@ -39,12 +40,14 @@ from relaystream.media.events import (
 from relaystream.media.failures import SourceError, classify
 from relaystream.media.formats import (
     BRIDGED_KINDS,
+    CONTINUOUS_KINDS,
     SourceKind,
     duration_s,
     is_live,
     source_kind,
     unverified_tls_context,
 )
+from relaystream.media.pacing import LIVE_CATCH_UP_RATE, RealtimePacer
 from relaystream.media.source import (
     check_scheme,
     open_source,
@@ -78,38 +81,6 @@ PacketSink = Callable[[EncodedPacket], None]
 EventSink = Callable[[WorkerEvent], None]
 VideoProcessor = VideoRemuxer | VideoTranscoder
 AudioProcessor = AudioToOpus | OpusPassthrough
-
-
-class RealtimePacer:
-    """Sleeps so that media time advances with wall-clock time.
-
-    A source that falls behind (a live stream that stalled) or jumps ahead (a
-    timestamp discontinuity) is re-anchored instead of being played in a burst or
-    waited for.
-    """
-
-    def __init__(
-        self,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        max_lag_s: float = 1.0,
-        max_wait_s: float = 5.0,
-    ) -> None:
-        self._clock = clock
-        self._sleep = sleep
-        self._max_lag_s = max_lag_s
-        self._max_wait_s = max_wait_s
-        self._origin: float | None = None
-
-    def wait_for(self, media_time_s: float) -> None:
-        now = self._clock()
-        if self._origin is None:
-            self._origin = now - media_time_s
-        delay = self._origin + media_time_s - now
-        if delay > self._max_wait_s or delay < -self._max_lag_s:
-            self._origin = now - media_time_s
-        elif delay > 0:
-            self._sleep(delay)
 
 
 @dataclass
@@ -235,13 +206,14 @@ class RelayPipeline:
         self._emit_packet = emit_packet
         self._emit_event = emit_event
         self._control = control or PipelineControl()
-        self._pacer = RealtimePacer(sleep=self._control.wait_stop)
         self._timeline = Timeline()
         self._last_stats_at = time.monotonic()
         self._position_s = 0.0
         self._flowed = False
         self._loops = 0
         self._kind = source_kind(spec.url)
+        # Replaced once the source is open and known to be live or not.
+        self._pacer = self._pacer_for(live=False)
         self._video: VideoProcessor | None = None
         self._audio: AudioProcessor | None = None
         self._bridge: CliBridge | None = None
@@ -270,6 +242,7 @@ class RelayPipeline:
             self._audio = self._audio_processor(tracks.audio)
             live, total_s = self._liveness(container)
             self._live = live
+            self._pacer = self._pacer_for(live)
             if self._spec.start_position_s > 0 and not live and not bridged:
                 container, tracks = self._seek_or_reopen(
                     container, tracks, self._spec.start_position_s
@@ -367,6 +340,15 @@ class RelayPipeline:
         )
         self._position_base_s = position_s
         return self._bridge.open()
+
+    def _pacer_for(self, live: bool) -> RealtimePacer:
+        """A live source that delivers as it produces catches up with its live edge
+        (pacing.py says why); a VOD, and segments, play at real time."""
+        catch_up = live and self._kind in CONTINUOUS_KINDS
+        return RealtimePacer(
+            sleep=self._control.wait_stop,
+            catch_up_rate=LIVE_CATCH_UP_RATE if catch_up else None,
+        )
 
     def _liveness(self, container: av.container.InputContainer) -> tuple[bool, float | None]:
         """(live, duration in s); a bridged pipe knows neither, its manifest does."""

@@ -12,7 +12,12 @@ import av.container
 
 from relaystream.media.failures import SourceError, classify, ffmpeg_error_log
 from relaystream.media.fetch import CheckedOpener
-from relaystream.media.formats import format_options, source_kind, unverified_tls_context
+from relaystream.media.formats import (
+    format_options,
+    probe_options,
+    source_kind,
+    unverified_tls_context,
+)
 from relaystream.media.spec import PipelineSpec
 from relaystream.netpolicy import (
     AddressPolicy,
@@ -81,11 +86,8 @@ def open_source(spec: PipelineSpec) -> av.container.InputContainer:
     scheme = check_scheme(spec.url)
     policy = source_policy(spec)
     timeout_us = str(int(spec.open_timeout_s * 1_000_000))
-    options = {
-        # Live sources must not be read far ahead just to guess stream parameters.
-        "analyzeduration": "2000000",
-        "probesize": "2000000",
-    }
+    kind = source_kind(spec.url)
+    options = probe_options(kind)
     io_open: CheckedOpener | None = None
     try:
         if scheme in {"http", "https"}:
@@ -109,7 +111,7 @@ def open_source(spec: PipelineSpec) -> av.container.InputContainer:
             }
     except (AddressRefused, Unresolvable) as exc:
         raise policy_failure(exc) from None
-    options |= format_options(spec, source_kind(spec.url))
+    options |= format_options(spec, kind)
     with ffmpeg_error_log() as log_lines:
         try:
             if io_open is not None:
