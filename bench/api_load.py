@@ -43,14 +43,13 @@ from tests.support.server import ACCESS_KEY_ID, APP_ID, APP_KEY, SECRET_ACCESS_K
 from tests.support.tasks import wait_for_status
 
 from bench.common import cpu_seconds, table
-from bench.figure import Figure
+from bench.figure import Figure, run_alone
 from bench.relays import (
     Node,
     light_clip,
     live_rtmp_source,
     percentile,
     relay_ids,
-    run_alone,
     running_node,
 )
 from relaystream.api.signature import sign_request

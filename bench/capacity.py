@@ -38,7 +38,7 @@ from tests.support.net import static_http_server
 from tests.support.tasks import wait_for_status
 
 from bench.common import CLIP, CLIP_VIDEO_KBPS, cpu_seconds, reap, reference_clip, stop, table
-from bench.figure import Figure
+from bench.figure import Figure, run_alone
 from bench.frame_clock import ViewerGroup, delivery
 from bench.relays import (
     LIGHT_CLIP,
@@ -46,7 +46,6 @@ from bench.relays import (
     light_clip,
     live_rtmp_source,
     relay_ids,
-    run_alone,
     running_node,
 )
 

@@ -15,15 +15,14 @@ into the null muxer. Remux, then (not in quick mode) transcode to 640x480@15, 80
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import CLIP, cpu_seconds, exit_on_sigterm, table
+from bench.common import CLIP, cpu_seconds, table
 from bench.ffmpeg_work import ffmpeg_command, ffmpeg_doing
-from bench.figure import Figure
+from bench.figure import Figure, run_alone
 from bench.live_relay import REMUX, TRANSCODE, LiveRelay, TaskMode, live_relay
 
 TARGETS = {REMUX.name: 1.5, TRANSCODE.name: 1.05}  # the issue's, as multiples of ffmpeg
@@ -202,16 +201,5 @@ def plot(rows: list[Row], path: Path) -> Path:
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="remux only, a short window")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="for the plot")
-    args = parser.parse_args()
-    exit_on_sigterm()
-    figure = measure(args.quick, args.out)
-    print(figure.body)
-    print(figure.summary)
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__.splitlines()[0])

@@ -40,8 +40,8 @@ from tests.support.net import static_http_server
 from tests.support.viewer import WhepViewer
 
 from bench.common import CACHE_DIR, table
-from bench.figure import Figure
-from bench.relays import LIGHT_CLIP, WHEP_RETRY_S, Node, live_rtmp_source, run_alone, running_node
+from bench.figure import Figure, run_alone
+from bench.relays import LIGHT_CLIP, WHEP_RETRY_S, Node, live_rtmp_source, running_node
 
 ROOM = "first-frame"
 TRIAL_TIMEOUT_S = 20.0

@@ -42,8 +42,8 @@ from tests.support.rtmp import nginx_rtmp_server
 from tests.support.viewer import DecodedTrack, WhepViewer
 
 from bench.common import stop, table
-from bench.figure import Figure
-from bench.relays import Node, percentile, run_alone, running_node
+from bench.figure import Figure, run_alone
+from bench.relays import Node, percentile, running_node
 
 ROOM = "latency"
 WIDTH, HEIGHT, FPS = 640, 360, 30

@@ -19,16 +19,15 @@ measured alongside on the same live source: the ffmpeg CLI doing the same media 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import Memory, descendants, exit_on_sigterm, memory, table
+from bench.common import Memory, descendants, memory, table
 from bench.ffmpeg_work import ffmpeg_doing
-from bench.figure import Figure
+from bench.figure import Figure, run_alone
 from bench.live_relay import REMUX, TRANSCODE, LiveRelay, TaskMode, live_relay
 
 TARGET_USS_MIB = 40.0
@@ -249,16 +248,5 @@ def plot(rows: list[TaskMemory], viewers: ViewerMemory, path: Path) -> Path:
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one task, 4 viewers")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="for the plot")
-    args = parser.parse_args()
-    exit_on_sigterm()
-    figure = measure(args.quick, args.out)
-    print(figure.body)
-    print(figure.summary)
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__.splitlines()[0])

@@ -7,14 +7,13 @@ and how a figure module runs on its own (``python -m bench.<module> [--quick]``)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from tests.support.tasks import call, get_task, task_key
 from tests.support.viewer import WhepRefused, WhepViewer
 
 from bench.common import CACHE_DIR, cpu_seconds
-from bench.figure import Figure
 from relaystream.media.testsrc import ClipSpec, make_test_clip
 
 # 640x360 at 30 fps, a keyframe every second, AAC: what the end-to-end tests relay.
@@ -179,21 +177,3 @@ def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values``, nearest rank."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def run_alone(measure: Callable[[bool, Path], Figure], description: str) -> None:
-    """What ``python -m bench.<figure> [--quick]`` does: measure, print the summary line
-    and the body, and leave the plots in ``--out`` (a temporary directory by default)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="the make bench-quick variant")
-    parser.add_argument("--out", type=Path, help="where the plots go")
-    args = parser.parse_args()
-    with ExitStack() as stack:
-        out_dir = args.out or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        figure = measure(args.quick, out_dir)
-        print(figure.summary)
-        print()
-        print(figure.body)
-        for plot in figure.plots:
-            print(f"plot: {plot}" + ("" if args.out else " (deleted on exit: use --out)"))

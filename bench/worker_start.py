@@ -25,7 +25,6 @@ The ratio is fork / spawn start time (medians). The target: a worker starts in u
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import socket
 import statistics
@@ -37,7 +36,7 @@ from pathlib import Path
 from tests.support.net import static_http_server
 
 from bench.common import table
-from bench.figure import Figure
+from bench.figure import Figure, run_alone
 from relaystream.media.launcher import ForkLauncher, SpawnLauncher, WorkerLauncher, WorkerStart
 from relaystream.media.process import MediaWorker
 from relaystream.media.spec import PipelineSpec, StreamMode
@@ -216,17 +215,5 @@ def measure(quick: bool, out_dir: Path) -> Figure:
     return Figure(NUMBER, TITLE, summary, ratio, TARGET, body, plots)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few workers only (< 8 s)")
-    parser.add_argument(
-        "--out-dir", type=Path, default=Path(tempfile.gettempdir()) / "relaystream-bench"
-    )
-    args = parser.parse_args()
-    figure = measure(args.quick, args.out_dir)
-    print(figure.summary)
-    print(figure.body)
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(measure, __doc__.splitlines()[0])

@@ -100,6 +100,15 @@ def bearer_token(request: web.Request, privilege: Privilege) -> str:
     return token.strip()
 
 
+def authorize_viewer(request: web.Request, app_key_for: AppKeyLookup) -> tuple[str, str]:
+    """The path's ``(app_id, room_id)``, once the request's token may watch that room."""
+    app_id, room_id = request.match_info["app_id"], request.match_info["room_id"]
+    authorize(
+        request, app_key_for, app_id=app_id, room_id=room_id, privilege=Privilege.SUBSCRIBE_STREAM
+    )
+    return app_id, room_id
+
+
 def authorize(
     request: web.Request,
     app_key_for: AppKeyLookup,

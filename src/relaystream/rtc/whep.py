@@ -29,6 +29,7 @@ from relaystream.rtc.signaling import (
     PeerSessions,
     SignalingSettings,
     authorize,
+    authorize_viewer,
     h264_only,
     offered_kinds,
     read_sdp_offer,
@@ -79,13 +80,7 @@ class WhepEndpoint:
         """A browser's CORS preflight carries no token; a page of ours may send one."""
         if "Authorization" not in request.headers:
             return await self._sessions.preflight(request)
-        authorize(
-            request,
-            self._app_key_for,
-            app_id=request.match_info["app_id"],
-            room_id=request.match_info["room_id"],
-            privilege=Privilege.SUBSCRIBE_STREAM,
-        )
+        authorize_viewer(request, self._app_key_for)
         return self._sessions.preflight_for_token_holder()
 
     async def subscribe(self, request: web.Request) -> web.Response:

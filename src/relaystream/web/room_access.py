@@ -21,8 +21,8 @@ from enum import StrEnum
 from aiohttp import web
 
 from relaystream.rtc.janus import JanusRoomConnector
-from relaystream.rtc.signaling import authorize
-from relaystream.rtc.token import AppKeyLookup, Privilege
+from relaystream.rtc.signaling import authorize_viewer
+from relaystream.rtc.token import AppKeyLookup
 
 # AppId → its Janus connector, None when its rooms are not on Janus.
 JanusLookup = Callable[[str], JanusRoomConnector | None]
@@ -46,15 +46,7 @@ class RoomAccessEndpoint:
         return [web.get("/rooms/{app_id}/{room_id}/access", self.access)]
 
     async def access(self, request: web.Request) -> web.Response:
-        app_id = request.match_info["app_id"]
-        room_id = request.match_info["room_id"]
-        authorize(
-            request,
-            self._app_key_for,
-            app_id=app_id,
-            room_id=room_id,
-            privilege=Privilege.SUBSCRIBE_STREAM,
-        )
+        app_id, room_id = authorize_viewer(request, self._app_key_for)
         headers = {"Cache-Control": "no-store"}
         janus = self._janus_for(app_id)
         access = janus.viewer_access(app_id, room_id) if janus is not None else None

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from relaystream.rtc.room import RoomEvent, RoomRegistry
 from relaystream.rtc.room_owner import RoomOwnerLookup, redirect_to_room_owner
-from relaystream.rtc.signaling import authorize
-from relaystream.rtc.token import AppKeyLookup, Privilege
+from relaystream.rtc.signaling import authorize_viewer
+from relaystream.rtc.token import AppKeyLookup
 
 # A comment line this often keeps proxies from closing an idle stream, and finds out
 # that a client has gone away.
@@ -47,15 +47,7 @@ class RoomEventStreams:
         return [web.get("/rooms/{app_id}/{room_id}/events", self.stream)]
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        app_id = request.match_info["app_id"]
-        room_id = request.match_info["room_id"]
-        authorize(
-            request,
-            self._app_key_for,
-            app_id=app_id,
-            room_id=room_id,
-            privilege=Privilege.SUBSCRIBE_STREAM,
-        )
+        app_id, room_id = authorize_viewer(request, self._app_key_for)
         await redirect_to_room_owner(request, self._room_owner, app_id, room_id)
         pending: asyncio.Queue[RoomEvent | None] = asyncio.Queue(MAX_PENDING_EVENTS)
 
