@@ -194,3 +194,50 @@ def test_a_fork_server_does_not_outlive_its_server() -> None:
     while is_fork_server(fork_server) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not is_fork_server(fork_server)
+
+
+@pytest.fixture(scope="module")
+def heavy_clip_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Every frame a 720p keyframe: a worker fills its stdout pipe within seconds."""
+    root = tmp_path_factory.mktemp("heavy")
+    clip = ClipSpec(
+        duration_s=6.0, width=1280, height=720, keyframe_interval_s=0.0, audio_codec=None
+    )
+    make_test_clip(root / "clip.mp4", clip)
+    with static_http_server(root) as base_url:
+        yield f"{base_url}/clip.mp4"
+
+
+async def blocked_writing(pid: int, within_s: float) -> bool:
+    """Whether one of the process's threads is stuck in a write to a full pipe (its
+    stdout: stderr is drained) within ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        threads = Path(f"/proc/{pid}/task").glob("*/wchan")
+        if any(wchan.read_text().strip().endswith("pipe_write") for wchan in threads):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_a_worker_killed_in_the_middle_of_a_message_is_a_crash_to_relaunch(
+    heavy_clip_url: str, launcher: ForkLauncher
+) -> None:
+    worker = MediaWorker(remux(heavy_clip_url), launcher=launcher)
+    await worker.start()
+    try:
+        messages = worker.messages()
+        first = await anext(messages)
+        assert not isinstance(first, WorkerCrashed)
+        # Nobody reads on: the worker blocks halfway through writing a frame.
+        assert worker.pid is not None
+        assert await blocked_writing(worker.pid, within_s=30)
+        os.kill(worker.pid, signal.SIGKILL)
+        rest = [message async for message in messages]
+    finally:
+        await worker.stop()
+    last = rest[-1]
+    assert isinstance(last, WorkerCrashed), last
+    assert "killed by SIGKILL" in last.detail
+    assert "in the middle of a message" in last.detail
+    assert any(isinstance(m, EncodedPacket) for m in rest)  # what it had written whole
