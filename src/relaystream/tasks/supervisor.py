@@ -279,7 +279,7 @@ class TaskSupervisor:
         taken = 0
         # A window past this node's free slots: those ahead in it may be other nodes'.
         for record in await self._store.unleased(
-            ACTIVE_STATUSES, now, free + _PLACEMENT_WINDOW, held_by
+            ACTIVE_STATUSES, now, free + _PLACEMENT_WINDOW, held_by, self._due_by_ms(now)
         ):
             if taken >= free:
                 break
@@ -301,6 +301,11 @@ class TaskSupervisor:
             _log_start(current, metrics.StartKind.RESUME)
             taken += 1
         return taken
+
+    def _due_by_ms(self, now: int) -> int:
+        """Tasks due before this are taken now: two renew periods ahead, so that a
+        scheduled task's run is waiting for its start time when it comes."""
+        return now + 2 * int(self._node.renew_s * 1000)
 
     async def drain(self) -> int:
         """Hand every task of this node to the others (before maintenance); how many."""
@@ -334,8 +339,12 @@ class TaskSupervisor:
         if task.key in self._runs:
             raise TaskAlreadyActive(str(task.key))
         now = now_ms()
-        if not await self._placed_here(task.key, await self._store.nodes(), now):
-            # Placement: the room's node (or the freest) takes it within one renew period.
+        if task.control.start_timestamp_s * 1000 > self._due_by_ms(now) or not (
+            await self._placed_here(task.key, await self._store.nodes(), now)
+        ):
+            # Placement: the room's node (or the freest) takes it within one renew
+            # period. A task scheduled for later is taken (leased, run) only shortly
+            # before it is due: until then it costs no node anything each renew period.
             await self._save(task)
             _log_start(task, metrics.StartKind.API)
             return
