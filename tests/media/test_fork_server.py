@@ -23,6 +23,7 @@ from relaystream.media.testsrc import ClipSpec, make_test_clip
 from relaystream.media.wire import EncodedPacket, MessageKind
 from relaystream.media.worker import WORKER_PROCESS_NAME
 from tests.support.net import static_http_server
+from tests.support.processes import blocked_writing
 
 pytestmark = pytest.mark.media
 
@@ -206,18 +207,6 @@ def heavy_clip_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     make_test_clip(root / "clip.mp4", clip)
     with static_http_server(root) as base_url:
         yield f"{base_url}/clip.mp4"
-
-
-async def blocked_writing(pid: int, within_s: float) -> bool:
-    """Whether one of the process's threads is stuck in a write to a full pipe (its
-    stdout: stderr is drained) within ``within_s``."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        threads = Path(f"/proc/{pid}/task").glob("*/wchan")
-        if any(wchan.read_text().strip().endswith("pipe_write") for wchan in threads):
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def killed_while_writing(url: str, launcher: ForkLauncher) -> list[WorkerOutput]:
