@@ -11,10 +11,11 @@ resumes them: a VOD near its saved position, a live source by reconnecting.
 
 Several nodes may share the store (relaystream.tasks.node): a node runs a task only
 while it holds its lease. Every ``renew_s`` it renews its leases (a run whose lease was
-lost stops here without ending its task: another node has it), hands its runs the new
-fencing deadline, follows what other nodes recorded for its tasks (a Stop or an Update
-made through them), and takes the unleased active tasks placement gives it. A draining
-node hands all of its tasks back and takes none.
+lost stops here without ending its task: another node has it) and hands its runs the new
+fencing deadline; beside that, so that a slow round never delays a renewal, it follows
+what other nodes recorded for its tasks (a Stop or an Update made through them) and
+takes the unleased active tasks placement gives it, those scheduled for later only
+shortly before they are due. A draining node hands all of its tasks back and takes none.
 """
 
 from __future__ import annotations
@@ -195,26 +196,57 @@ class TaskSupervisor:
         return freest is None or freest.node_id == self._node.node_id
 
     async def _keep_leases(self) -> None:
-        while True:
-            await asyncio.sleep(self._node.renew_s)
-            try:
-                await self._renew_round()
-            except Exception:
-                # The store is unreachable or failing: the leases lapse and the workers
-                # fence themselves; the next round tries again.
-                logger.exception("renewing leases of node %s failed", self._node.node_id)
+        chores: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(self._node.renew_s)
+                try:
+                    await self._renew_leases()
+                except Exception:
+                    # The store is unreachable or failing: the leases lapse and the
+                    # workers fence themselves; the next round tries again.
+                    logger.exception("renewing leases of node %s failed", self._node.node_id)
+                    continue
+                # The rest of a round may take longer than a renew period (a busy store,
+                # many tasks): it runs beside the renewals, never delaying the next one,
+                # one round of it at a time.
+                if chores is None or chores.done():
+                    chores = asyncio.create_task(self._chores(), name="node chores")
+        finally:
+            if chores is not None:
+                chores.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await chores
 
-    async def _renew_round(self) -> None:
+    async def _renew_leases(self) -> None:
+        """Extend this node's leases and its row; drop the runs whose leases are gone."""
         now = now_ms()
         until = now + self._node.lease_ms
+        # Only runs that existed before the renewal can have lost their lease: one
+        # started meanwhile (by the chores, or a Start) holds a lease claimed after it.
+        before = dict(self._runs)
         held = await self._store.renew(self._node.node_id, now, until)
-        for key in [k for k in self._runs if lease_key(k) not in held]:
+        lost = [
+            key
+            for key, entry in before.items()
+            if self._runs.get(key) is entry and lease_key(key) not in held
+        ]
+        for key in lost:
             log_event(logger, "task lease lost", task=key, node=self._node.node_id)
             await self._drop_run(key)
         deadline_s = until / 1000 - self._node.fence_margin_s
         for run, _ in self._runs.values():
             run.extend_lease(deadline_s)
         await self._heartbeat(until)
+
+    async def _chores(self) -> None:
+        """Share live stats, follow what other nodes recorded, take (or hand back) tasks."""
+        try:
+            await self._share_and_follow()
+        except Exception:
+            logger.exception("the round of node %s failed", self._node.node_id)
+
+    async def _share_and_follow(self) -> None:
         await self._store.put_stats(
             self._node.node_id,
             now_ms(),
