@@ -19,7 +19,7 @@ import pytest
 
 from relaystream.media.testsrc import ClipSpec, make_test_clip
 from tests.support.net import free_port, static_http_server
-from tests.support.processes import media_worker_pids
+from tests.support.processes import blocked_writing, media_worker_pids
 from tests.support.rtmp import nginx_rtmp_server, rtmp_publisher
 from tests.support.sdk import RtcService
 from tests.support.server import (
@@ -44,6 +44,9 @@ def life_media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     make_test_clip(root / "five.mp4", ClipSpec(**{**small.__dict__, "duration_s": 5.0}))
     make_test_clip(root / "long.mp4", ClipSpec(**{**small.__dict__, "duration_s": 40.0}))
     make_test_clip(root / "live.flv", ClipSpec(**{**small.__dict__, "duration_s": 4.0}))
+    # Every frame a keyframe: a worker whose output is not read fills its pipe at once.
+    bulky = ClipSpec(**{**small.__dict__, "duration_s": 30.0, "keyframe_interval_s": 0.0})
+    make_test_clip(root / "keyframes.mp4", bulky)
     with static_http_server(root) as base_url:
         yield base_url, root
 
@@ -181,6 +184,44 @@ async def test_a_killed_worker_is_relaunched_and_the_viewer_keeps_watching(
     finally:
         await viewer.close()
         await call(rtc, "StopRelayStream", task_key(ROOM, "phoenix"))
+
+
+async def test_a_worker_killed_in_the_middle_of_a_message_is_relaunched(
+    relay_server: RelayServer, rtc: RtcService, life_media: tuple[str, Path]
+) -> None:
+    base_url, _ = life_media
+    killed = media_worker_pids(relay_server.process.pid)  # any left by earlier stories
+    await start(relay_server, rtc, "halfway", f"{base_url}/keyframes.mp4")
+    await wait_for_status(rtc, ROOM, "halfway", 2)
+    viewer = viewer_of(relay_server, "halfway")
+    await viewer.connect()
+    try:
+        await viewer.wait_for_media("video", 1.0)
+        cut_off = False
+        for kills in range(1, 4):  # bounded: a kill lands mid-message nearly every time
+            (worker,) = media_worker_pids(relay_server.process.pid) - killed
+            killed.add(worker)
+            # The server stops reading for a moment: its worker blocks writing a
+            # message, most often halfway through, and is killed there.
+            os.kill(relay_server.process.pid, signal.SIGSTOP)
+            try:
+                blocked = await blocked_writing(worker, within_s=5)
+                os.kill(worker, signal.SIGKILL)
+            finally:
+                os.kill(relay_server.process.pid, signal.SIGCONT)
+            assert blocked
+
+            await frames_grow(viewer, "video", 2 * FPS, timeout_s=20)
+            task = await wait_for_status(rtc, ROOM, "halfway", 2)
+            assert task["Stats"]["ReconnectCount"] == kills
+            assert "killed by SIGKILL" in task["Stats"]["LastError"]
+            if "in the middle of a message" in task["Stats"]["LastError"]:
+                cut_off = True
+                break
+        assert cut_off
+    finally:
+        await viewer.close()
+        await call(rtc, "StopRelayStream", task_key(ROOM, "halfway"))
 
 
 async def test_stopping_a_task_whose_worker_is_frozen_answers_promptly(

@@ -113,7 +113,14 @@ async def test_a_running_task_resumed_after_a_restart_reports_its_reconnect(
     store: SqliteTaskStore,
 ) -> None:
     # What a crashed node left behind: a running task (its start event long delivered).
-    running = replace(scheduled_task("resumed"), status=TaskStatus.RUNNING)
+    # A running task was due: its run resumes at once (and is shut down before its
+    # worker could report anything).
+    waiting = scheduled_task("resumed")
+    running = replace(
+        waiting,
+        status=TaskStatus.RUNNING,
+        control=replace(waiting.control, start_timestamp_s=int(time.time()) - 60),
+    )
     async with store.transaction() as unit:
         await unit.insert(to_record(running))
     supervisor = supervisor_of(store, CallbackOutbox(lambda app_id: app_id == APP))

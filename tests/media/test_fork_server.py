@@ -23,6 +23,7 @@ from relaystream.media.testsrc import ClipSpec, make_test_clip
 from relaystream.media.wire import EncodedPacket, MessageKind
 from relaystream.media.worker import WORKER_PROCESS_NAME
 from tests.support.net import static_http_server
+from tests.support.processes import blocked_writing
 
 pytestmark = pytest.mark.media
 
@@ -194,3 +195,49 @@ def test_a_fork_server_does_not_outlive_its_server() -> None:
     while is_fork_server(fork_server) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not is_fork_server(fork_server)
+
+
+@pytest.fixture(scope="module")
+def heavy_clip_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Every frame a 720p keyframe: a worker fills its stdout pipe within seconds."""
+    root = tmp_path_factory.mktemp("heavy")
+    clip = ClipSpec(
+        duration_s=6.0, width=1280, height=720, keyframe_interval_s=0.0, audio_codec=None
+    )
+    make_test_clip(root / "clip.mp4", clip)
+    with static_http_server(root) as base_url:
+        yield f"{base_url}/clip.mp4"
+
+
+async def killed_while_writing(url: str, launcher: ForkLauncher) -> list[WorkerOutput]:
+    """What a worker yields when SIGKILLed while blocked writing to its stdout."""
+    worker = MediaWorker(remux(url), launcher=launcher)
+    await worker.start()
+    try:
+        messages = worker.messages()
+        first = await anext(messages)
+        assert not isinstance(first, WorkerCrashed)
+        # Nobody reads on: the worker blocks in a write, most often halfway through a
+        # message (unless the pipe filled up exactly at the end of one).
+        assert worker.pid is not None
+        assert await blocked_writing(worker.pid, within_s=30)
+        os.kill(worker.pid, signal.SIGKILL)
+        return [first, *[message async for message in messages]]
+    finally:
+        await worker.stop()
+
+
+async def test_a_worker_killed_in_the_middle_of_a_message_is_a_crash_to_relaunch(
+    heavy_clip_url: str, launcher: ForkLauncher
+) -> None:
+    cut_off = 0
+    for _ in range(5):  # bounded: a kill lands mid-message nearly every time
+        outputs = await killed_while_writing(heavy_clip_url, launcher)
+        last = outputs[-1]
+        assert isinstance(last, WorkerCrashed), last
+        assert "killed by SIGKILL" in last.detail
+        assert any(isinstance(m, EncodedPacket) for m in outputs)  # what it wrote whole
+        if "in the middle of a message" in last.detail:
+            cut_off += 1
+            break
+    assert cut_off == 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from relaystream.media.spec import MediaType, StreamMode
-from relaystream.store import StaleVersion, TaskExists, TaskQuery, TaskRecord, UserTaken
+from relaystream.store import StaleVersion, TaskExists, TaskQuery, TaskRecord, UserTaken, leases
 from relaystream.store.migrations import LATEST_VERSION
 from relaystream.store.postgres import PostgresTaskStore
 from relaystream.store.sqlite import _PURGE, SqliteTaskStore
@@ -31,6 +31,8 @@ from tests.support.postgres import PostgresCluster
 
 APP = "5f8a1c2b3d4e5f6a7b8c9d0e"
 OTHER_APP = "aaaaaaaaaaaaaaaaaaaaaaaa"
+ACTIVE = (int(TaskStatus.STARTING), int(TaskStatus.RUNNING))
+LATER_S = 2_000_000_000  # a StartTimeStamp in 2033
 
 
 def relay_task(
@@ -326,6 +328,39 @@ async def test_the_page_queries_use_sqlite_indexes(db_path: Path) -> None:
         assert "end_time_ms<?" in " ".join(str(row[-1]) for row in purge)
 
 
+def scheduled(task: RelayTask, start_s: int) -> RelayTask:
+    return replace(task, control=replace(task.control, start_timestamp_s=start_s))
+
+
+async def due_ids(store: AnyStore, due_by_ms: int) -> list[str]:
+    records = await store.unleased(ACTIVE, now_ms=5_000, limit=10, due_by_ms=due_by_ms)
+    return [record.task_id for record in records]
+
+
+async def test_the_scan_for_unleased_tasks_finds_only_those_due(store: AnyStore) -> None:
+    await insert(store, relay_task("now", created_ms=2_000).running())
+    later = scheduled(relay_task("later", created_ms=1_000), LATER_S)
+    await insert(store, later)
+
+    assert await due_ids(store, due_by_ms=5_000) == ["now"]
+    assert await due_ids(store, due_by_ms=LATER_S * 1000) == ["later", "now"]
+    # An update keeps the start time: the task is still not due.
+    async with store.transaction() as unit:
+        await unit.update(
+            replace(await read(store, later.key), document={**to_record(later).document})
+        )
+    assert await due_ids(store, due_by_ms=5_000) == ["now"]
+
+
+async def test_the_scan_for_due_unleased_tasks_uses_an_index(db_path: Path) -> None:
+    await (await SqliteTaskStore.open(db_path)).close()
+    with sqlite3.connect(db_path) as db:
+        params = leases.unleased_params(ACTIVE, 5_000, 10, "", 5_000)
+        sql = leases.sqlite_sql(leases.UNLEASED)
+        plan = " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert "relay_tasks_status_due (status=? AND start_time_ms<?)" in plan, plan
+
+
 async def test_purging_removes_only_tasks_ended_before_the_cutoff(store: AnyStore) -> None:
     old = relay_task("old").stopped(StopReason.API_STOP)
     recent = relay_task("recent").stopped(StopReason.API_STOP)
@@ -361,10 +396,11 @@ CREATE INDEX relay_tasks_created ON relay_tasks (app_id, create_time_ms);
 async def test_a_sqlite_file_from_the_first_release_is_migrated_in_place(db_path: Path) -> None:
     running = relay_task("running", created_ms=2_000).running()
     ended = relay_task("ended", created_ms=1_000).stopped(StopReason.SOURCE_ENDED)
+    waiting = scheduled(relay_task("waiting", created_ms=500), LATER_S)
     db_path.parent.mkdir(parents=True)
     with sqlite3.connect(db_path) as db:
         db.executescript(SKELETON_SCHEMA)
-        for task in (running, ended):
+        for task in (running, ended, waiting):
             record = to_record(task)
             db.execute(
                 "INSERT INTO relay_tasks VALUES (?, ?, ?, ?, ?, ?)",
@@ -387,7 +423,10 @@ async def test_a_sqlite_file_from_the_first_release_is_migrated_in_place(db_path
         assert (got.version, got.user_id) == (1, running.user_id)
         assert (await read(store, ended.key)).end_time_ms == ended.end_time_ms
         page = await store.query(TaskQuery(APP))
-        assert [r.task_id for r in page.records] == ["running", "ended"]
+        assert [r.task_id for r in page.records] == ["running", "ended", "waiting"]
+        # The scheduled task's start time was read from its document.
+        assert await due_ids(store, due_by_ms=5_000) == ["running"]
+        assert await due_ids(store, due_by_ms=LATER_S * 1000) == ["waiting", "running"]
         # The migrated rows take part in the new rules at once.
         with pytest.raises(UserTaken):
             await insert(store, relay_task("again", user_id=running.user_id))

@@ -7,6 +7,8 @@ WORKER_PROCESS_NAME in /proc/PID/comm as soon as it runs.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 from relaystream.media.worker import WORKER_PROCESS_NAME
@@ -100,3 +102,15 @@ def process_group_members(pgids: set[int]) -> set[int]:
         if fields[0] != "Z" and int(fields[2]) in pgids:
             members.add(int(entry.name))
     return members
+
+
+async def blocked_writing(pid: int, within_s: float) -> bool:
+    """Whether one of the process's threads is stuck in a write to a full pipe within
+    ``within_s`` (a worker's stdout, when nobody reads it: its stderr is drained)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        threads = Path(f"/proc/{pid}/task").glob("*/wchan")
+        if any(wchan.read_text().strip().endswith("pipe_write") for wchan in threads):
+            return True
+        await asyncio.sleep(0.05)
+    return False

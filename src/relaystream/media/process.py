@@ -31,7 +31,7 @@ from relaystream.media.events import (
 from relaystream.media.launcher import SpawnLauncher, WorkerLauncher, WorkerProcess
 from relaystream.media.limits import MemoryLimit
 from relaystream.media.spec import PipelineSpec
-from relaystream.media.wire import EncodedPacket, WireError, read_message
+from relaystream.media.wire import EncodedPacket, TruncatedMessage, WireError, read_message
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class MediaWorker:
         process = self._process
         assert process is not None, "start() first"
         final: WorkerOutput | None = None
+        cut_off: TruncatedMessage | None = None
         try:
             while True:
                 message = await read_message(process.stdout)
@@ -125,6 +126,10 @@ class MediaWorker:
                 if isinstance(message, SourceEnded | SourceFailed):
                     final = message
                 yield message
+        except TruncatedMessage as exc:
+            # Its stdout ended mid-message: whether that is a crash or bad data depends
+            # on how the process ended, known once it has been reaped.
+            cut_off = exc
         except WireError as exc:
             final = SourceFailed(f"media worker sent bad data: {exc}")
             yield final
@@ -133,15 +138,19 @@ class MediaWorker:
             # Killed on purpose for its memory: a deliberate end, not a crash to relaunch.
             yield self.memory.exceeded
             return
+        if cut_off is not None and returncode == 0:
+            # A worker that exits normally has flushed whole messages: its own bug.
+            yield SourceFailed(f"media worker sent bad data: {cut_off}")
+            return
         if final is None and not self._stopping:
             if self._stderr_task is not None:
                 await self._stderr_task
             tail = " | ".join(self._stderr_tail[-3:])
-            detail = (
-                f"media worker exited with code {returncode}"
-                if returncode is not None
-                else "media worker exited (its exit status was lost with the fork server)"
-            )
+            detail = _exit_detail(returncode)
+            if cut_off is not None:
+                # Died mid-write (a signal, the OOM killer, a segfault): a crash like any
+                # other, relaunched by the run.
+                detail += f" in the middle of a message ({cut_off})"
             yield WorkerCrashed(f"{detail}: {tail}" if tail else detail)
 
     async def stop(self) -> None:
@@ -200,3 +209,14 @@ class MediaWorker:
             line = raw.decode(errors="replace").rstrip()
             logger.warning("media worker %s: %s", self._log_prefix, line)
             self._stderr_tail = [*self._stderr_tail[-_STDERR_TAIL_LINES:], line]
+
+
+def _exit_detail(returncode: int | None) -> str:
+    """How the worker ended, as a crash's detail says it."""
+    if returncode is None:
+        return "media worker exited (its exit status was lost with the fork server)"
+    detail = f"media worker exited with code {returncode}"
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            detail += f" (killed by {signal.Signals(-returncode).name})"
+    return detail

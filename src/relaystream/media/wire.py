@@ -52,6 +52,10 @@ class WireError(Exception):
     """The worker's output is not a valid message stream."""
 
 
+class TruncatedMessage(WireError):
+    """The stream ended inside a message: its writer stopped (or died) mid-write."""
+
+
 def write_packet(out: IO[bytes], packet: EncodedPacket) -> None:
     flags = _FLAG_KEYFRAME if packet.keyframe else 0
     out.write(_HEADER.pack(packet.kind, flags, packet.pts, len(packet.data)))
@@ -71,7 +75,7 @@ async def read_message(reader: asyncio.StreamReader) -> EncodedPacket | WorkerEv
         header = await reader.readexactly(_HEADER.size)
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
-            raise WireError("truncated message header") from exc
+            raise TruncatedMessage("truncated message header") from exc
         return None
     kind_value, flags, pts, length = _HEADER.unpack(header)
     if length > MAX_PAYLOAD_BYTES:
@@ -82,7 +86,7 @@ async def read_message(reader: asyncio.StreamReader) -> EncodedPacket | WorkerEv
     except ValueError as exc:
         raise WireError(f"unknown message kind {kind_value}") from exc
     except asyncio.IncompleteReadError as exc:
-        raise WireError("truncated message payload") from exc
+        raise TruncatedMessage("truncated message payload") from exc
     if kind is MessageKind.EVENT:
         try:
             fields = json.loads(payload)

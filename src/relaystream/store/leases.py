@@ -75,10 +75,16 @@ class LeaseStore(Protocol):
         ...
 
     async def unleased(
-        self, statuses: tuple[int, ...], now_ms: int, limit: int, held_by: str = ""
+        self,
+        statuses: tuple[int, ...],
+        now_ms: int,
+        limit: int,
+        held_by: str = "",
+        due_by_ms: int | None = None,
     ) -> list[TaskRecord]:
-        """Tasks with one of ``statuses`` and no unexpired lease (or one ``held_by``
-        that node: its own, from before a restart), oldest first."""
+        """Tasks with one of ``statuses``, due by ``due_by_ms`` (``now_ms`` when
+        None), and no unexpired lease (or one ``held_by`` that node: its own, from
+        before a restart), oldest first."""
         ...
 
     async def set_draining(self, node_id: str, draining: bool) -> bool:
@@ -126,7 +132,7 @@ UNLEASED = (
     "SELECT t.app_id, t.room_id, t.task_id, t.user_id, t.status, t.create_time_ms,"
     " t.end_time_ms, t.version, t.document FROM relay_tasks t LEFT JOIN task_leases l"
     " ON l.app_id = t.app_id AND l.room_id = t.room_id AND l.task_id = t.task_id"
-    " WHERE t.status IN (%s, %s)"
+    " WHERE t.status IN (%s, %s) AND t.start_time_ms <= %s"
     " AND (l.node_id IS NULL OR l.lease_until_ms < %s OR l.node_id = %s)"
     " ORDER BY t.create_time_ms LIMIT %s"
 )
@@ -154,11 +160,12 @@ def to_stats(row: tuple[Any, ...]) -> TaskStats:
 
 
 def unleased_params(
-    statuses: tuple[int, ...], now_ms: int, limit: int, held_by: str
+    statuses: tuple[int, ...], now_ms: int, limit: int, held_by: str, due_by_ms: int | None
 ) -> tuple[int | str, ...]:
     if not 1 <= len(statuses) <= 2:
         raise ValueError("one or two statuses")
-    return (statuses[0], statuses[-1], now_ms, held_by, limit)
+    due = now_ms if due_by_ms is None else due_by_ms
+    return (statuses[0], statuses[-1], due, now_ms, held_by, limit)
 
 
 def sqlite_sql(statement: str) -> str:

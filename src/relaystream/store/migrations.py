@@ -143,6 +143,22 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             PRIMARY KEY (app_id, room_id, task_id)
         )""",
     ),
+    # 5: when each task is due (its StartTimeStamp, in ms; 0 for "at once"), so that
+    # nodes take a scheduled task only when it is due, and the scan for unleased tasks
+    # reads the due active ones by index, not every active task.
+    (
+        Dialects(
+            sqlite="ALTER TABLE relay_tasks ADD COLUMN start_time_ms INTEGER NOT NULL DEFAULT 0",
+            postgresql="ALTER TABLE relay_tasks ADD COLUMN start_time_ms BIGINT NOT NULL DEFAULT 0",
+        ),
+        Dialects(
+            sqlite="""UPDATE relay_tasks SET start_time_ms =
+            coalesce(json_extract(document, '$.control.start_timestamp_s'), 0) * 1000""",
+            postgresql="""UPDATE relay_tasks SET start_time_ms = coalesce(
+            (document::json -> 'control' ->> 'start_timestamp_s')::bigint, 0) * 1000""",
+        ),
+        "CREATE INDEX relay_tasks_status_due ON relay_tasks (status, start_time_ms)",
+    ),
 )
 
 LATEST_VERSION: Final = len(MIGRATIONS)

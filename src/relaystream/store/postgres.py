@@ -62,11 +62,12 @@ _SELECT = (
 _GET = _SELECT + " WHERE app_id = %s AND room_id = %s AND task_id = %s"
 _INSERT = (
     "INSERT INTO relay_tasks (app_id, room_id, task_id, user_id, status, create_time_ms,"
-    " end_time_ms, version, document) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " end_time_ms, version, document, start_time_ms)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _UPDATE = (
     "UPDATE relay_tasks SET user_id = %s, status = %s, create_time_ms = %s, end_time_ms = %s,"
-    " version = %s, document = %s"
+    " version = %s, document = %s, start_time_ms = %s"
     " WHERE app_id = %s AND room_id = %s AND task_id = %s AND version = %s"
 )
 _WITH_STATUS = _SELECT + " WHERE status = ANY(%s) ORDER BY create_time_ms"
@@ -326,12 +327,16 @@ class PostgresTaskStore:
             return leases.to_node(row) if row else None
 
     async def unleased(
-        self, statuses: tuple[int, ...], now_ms: int, limit: int, held_by: str = ""
+        self,
+        statuses: tuple[int, ...],
+        now_ms: int,
+        limit: int,
+        held_by: str = "",
+        due_by_ms: int | None = None,
     ) -> list[TaskRecord]:
+        values = leases.unleased_params(statuses, now_ms, limit, held_by, due_by_ms)
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(
-                leases.UNLEASED, leases.unleased_params(statuses, now_ms, limit, held_by)
-            )
+            cursor = await conn.execute(leases.UNLEASED, values)
             return [to_record(row) for row in await cursor.fetchall()]
 
     async def set_draining(self, node_id: str, draining: bool) -> bool:

@@ -24,7 +24,16 @@ def task_row(record: TaskRecord) -> tuple[Any, ...]:
         record.end_time_ms,
         record.version,
         json.dumps(record.document),
+        start_time_ms(record),
     )
+
+
+def start_time_ms(record: TaskRecord) -> int:
+    """When the task is due (its Control's StartTimeStamp; 0 for at once), as stored in
+    its own column for the scan of due unleased tasks."""
+    control = record.document.get("control")
+    seconds = control.get("start_timestamp_s", 0) if isinstance(control, dict) else 0
+    return int(seconds or 0) * 1000
 
 
 def callback_row(record: CallbackRecord) -> tuple[Any, ...]:
@@ -89,6 +98,7 @@ def update_row(record: TaskRecord) -> tuple[Any, ...]:
         record.end_time_ms,
         record.version + 1,
         json.dumps(record.document),
+        start_time_ms(record),
         record.app_id,
         record.room_id,
         record.task_id,

@@ -60,11 +60,12 @@ _GET = _SELECT + " WHERE app_id = ? AND room_id = ? AND task_id = ?"
 _EXISTS = "SELECT 1 FROM relay_tasks WHERE app_id = ? AND room_id = ? AND task_id = ?"
 _INSERT = (
     "INSERT INTO relay_tasks (app_id, room_id, task_id, user_id, status, create_time_ms,"
-    " end_time_ms, version, document) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " end_time_ms, version, document, start_time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE = (
     "UPDATE relay_tasks SET user_id = ?, status = ?, create_time_ms = ?, end_time_ms = ?,"
-    " version = ?, document = ? WHERE app_id = ? AND room_id = ? AND task_id = ? AND version = ?"
+    " version = ?, document = ?, start_time_ms = ?"
+    " WHERE app_id = ? AND room_id = ? AND task_id = ? AND version = ?"
 )
 _COUNT_APP = "SELECT count(*) FROM relay_tasks WHERE app_id = ?"
 _COUNT_ROOM = "SELECT count(*) FROM relay_tasks WHERE app_id = ? AND room_id = ?"
@@ -348,9 +349,14 @@ class SqliteTaskStore:
         return leases.to_node(row) if row else None
 
     async def unleased(
-        self, statuses: tuple[int, ...], now_ms: int, limit: int, held_by: str = ""
+        self,
+        statuses: tuple[int, ...],
+        now_ms: int,
+        limit: int,
+        held_by: str = "",
+        due_by_ms: int | None = None,
     ) -> list[TaskRecord]:
-        values = leases.unleased_params(statuses, now_ms, limit, held_by)
+        values = leases.unleased_params(statuses, now_ms, limit, held_by, due_by_ms)
         rows = await self._reader.run(
             lambda db: db.execute(sqlite_sql(leases.UNLEASED), values).fetchall()
         )

@@ -11,10 +11,11 @@ resumes them: a VOD near its saved position, a live source by reconnecting.
 
 Several nodes may share the store (relaystream.tasks.node): a node runs a task only
 while it holds its lease. Every ``renew_s`` it renews its leases (a run whose lease was
-lost stops here without ending its task: another node has it), hands its runs the new
-fencing deadline, follows what other nodes recorded for its tasks (a Stop or an Update
-made through them), and takes the unleased active tasks placement gives it. A draining
-node hands all of its tasks back and takes none.
+lost stops here without ending its task: another node has it) and hands its runs the new
+fencing deadline; beside that, so that a slow round never delays a renewal, it follows
+what other nodes recorded for its tasks (a Stop or an Update made through them) and
+takes the unleased active tasks placement gives it, those scheduled for later only
+shortly before they are due. A draining node hands all of its tasks back and takes none.
 """
 
 from __future__ import annotations
@@ -195,26 +196,57 @@ class TaskSupervisor:
         return freest is None or freest.node_id == self._node.node_id
 
     async def _keep_leases(self) -> None:
-        while True:
-            await asyncio.sleep(self._node.renew_s)
-            try:
-                await self._renew_round()
-            except Exception:
-                # The store is unreachable or failing: the leases lapse and the workers
-                # fence themselves; the next round tries again.
-                logger.exception("renewing leases of node %s failed", self._node.node_id)
+        chores: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(self._node.renew_s)
+                try:
+                    await self._renew_leases()
+                except Exception:
+                    # The store is unreachable or failing: the leases lapse and the
+                    # workers fence themselves; the next round tries again.
+                    logger.exception("renewing leases of node %s failed", self._node.node_id)
+                    continue
+                # The rest of a round may take longer than a renew period (a busy store,
+                # many tasks): it runs beside the renewals, never delaying the next one,
+                # one round of it at a time.
+                if chores is None or chores.done():
+                    chores = asyncio.create_task(self._chores(), name="node chores")
+        finally:
+            if chores is not None:
+                chores.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await chores
 
-    async def _renew_round(self) -> None:
+    async def _renew_leases(self) -> None:
+        """Extend this node's leases and its row; drop the runs whose leases are gone."""
         now = now_ms()
         until = now + self._node.lease_ms
+        # Only runs that existed before the renewal can have lost their lease: one
+        # started meanwhile (by the chores, or a Start) holds a lease claimed after it.
+        before = dict(self._runs)
         held = await self._store.renew(self._node.node_id, now, until)
-        for key in [k for k in self._runs if lease_key(k) not in held]:
+        lost = [
+            key
+            for key, entry in before.items()
+            if self._runs.get(key) is entry and lease_key(key) not in held
+        ]
+        for key in lost:
             log_event(logger, "task lease lost", task=key, node=self._node.node_id)
             await self._drop_run(key)
         deadline_s = until / 1000 - self._node.fence_margin_s
         for run, _ in self._runs.values():
             run.extend_lease(deadline_s)
         await self._heartbeat(until)
+
+    async def _chores(self) -> None:
+        """Share live stats, follow what other nodes recorded, take (or hand back) tasks."""
+        try:
+            await self._share_and_follow()
+        except Exception:
+            logger.exception("the round of node %s failed", self._node.node_id)
+
+    async def _share_and_follow(self) -> None:
         await self._store.put_stats(
             self._node.node_id,
             now_ms(),
@@ -279,7 +311,7 @@ class TaskSupervisor:
         taken = 0
         # A window past this node's free slots: those ahead in it may be other nodes'.
         for record in await self._store.unleased(
-            ACTIVE_STATUSES, now, free + _PLACEMENT_WINDOW, held_by
+            ACTIVE_STATUSES, now, free + _PLACEMENT_WINDOW, held_by, self._due_by_ms(now)
         ):
             if taken >= free:
                 break
@@ -301,6 +333,11 @@ class TaskSupervisor:
             _log_start(current, metrics.StartKind.RESUME)
             taken += 1
         return taken
+
+    def _due_by_ms(self, now: int) -> int:
+        """Tasks due before this are taken now: two renew periods ahead, so that a
+        scheduled task's run is waiting for its start time when it comes."""
+        return now + 2 * int(self._node.renew_s * 1000)
 
     async def drain(self) -> int:
         """Hand every task of this node to the others (before maintenance); how many."""
@@ -334,8 +371,12 @@ class TaskSupervisor:
         if task.key in self._runs:
             raise TaskAlreadyActive(str(task.key))
         now = now_ms()
-        if not await self._placed_here(task.key, await self._store.nodes(), now):
-            # Placement: the room's node (or the freest) takes it within one renew period.
+        if task.control.start_timestamp_s * 1000 > self._due_by_ms(now) or not (
+            await self._placed_here(task.key, await self._store.nodes(), now)
+        ):
+            # Placement: the room's node (or the freest) takes it within one renew
+            # period. A task scheduled for later is taken (leased, run) only shortly
+            # before it is due: until then it costs no node anything each renew period.
             await self._save(task)
             _log_start(task, metrics.StartKind.API)
             return
