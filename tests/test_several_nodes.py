@@ -381,7 +381,7 @@ async def test_a_frozen_owner_loses_its_task_its_worker_stops_and_thawed_it_stay
         os.kill(pid, signal.SIGSTOP)
         try:
             await wait_until(
-                lambda: cluster.worker_nodes() and cluster.worker_nodes()[0] in others,
+                lambda: (nodes := cluster.worker_nodes()) != [] and owner not in nodes,
                 10,
                 "the task on another node, the frozen node's worker gone",
             )
