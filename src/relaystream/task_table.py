@@ -8,6 +8,7 @@ second, output bitrate and the worker's share of a CPU core.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -242,6 +243,18 @@ def watch(
 ) -> None:
     """Show the live table until Ctrl-C (or ``refreshes`` refreshes); both end it normally."""
     watcher = Watcher(client, wanted)
+    # Ctrl-C is how one quits, even when started with SIGINT ignored (as a background
+    # job of a non-interactive shell is): Python would then never raise KeyboardInterrupt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _refresh_until_quit(watcher, interval_s, refreshes, console)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _refresh_until_quit(
+    watcher: Watcher, interval_s: float, refreshes: int | None, console: Console | None
+) -> None:
     done = 0
     with Live(console=console, auto_refresh=False, transient=False) as live:
         try:
