@@ -29,7 +29,12 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from relaystream.rtc.ice import IceAddresses, use_ice_addresses
 from relaystream.rtc.keyframe_requests import KeyframeRequests, forward_keyframe_requests
-from relaystream.rtc.publisher import JoinRefused, RoomPublisher, check_publish_token
+from relaystream.rtc.publisher import (
+    JoinRefused,
+    JoinRequest,
+    RoomPublisher,
+    check_publish_token,
+)
 from relaystream.rtc.room import ForwardedTrack, TrackKind
 from relaystream.rtc.signaling import h264_only
 from relaystream.rtc.token import AppKeyLookup
@@ -258,27 +263,9 @@ class JanusRoomConnector:
         access = janus_room_access(app_id, app_key, room_id)
         return JanusViewerAccess(url=self._browser_url, room=access.room, pin=access.pin)
 
-    async def join(
-        self,
-        *,
-        app_id: str,
-        room_id: str,
-        user_id: str,
-        token: str,
-        sends: frozenset[TrackKind],
-        check_expiry: bool = True,
-    ) -> RoomPublisher:
-        check_publish_token(
-            self._app_key_for,
-            app_id=app_id,
-            room_id=room_id,
-            user_id=user_id,
-            token=token,
-            sends=sends,
-            check_expiry=check_expiry,
-        )
-        app_key = self._app_key_for(app_id)
-        assert app_key is not None  # checked with the token
+    async def join(self, request: JoinRequest) -> RoomPublisher:
+        app_key = check_publish_token(self._app_key_for, request)
+        app_id, room_id, user_id = request.app_id, request.room_id, request.user_id
         access = janus_room_access(app_id, app_key, room_id)
         http = aiohttp.ClientSession()
         session = JanusSession(http, self._url)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import av
@@ -55,21 +56,24 @@ class RoomPublisher(Protocol):
     async def leave(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class JoinRequest:
+    """Who joins which room, and the token that must allow it to send ``sends``."""
+
+    app_id: str
+    room_id: str
+    user_id: str
+    token: str
+    sends: frozenset[TrackKind]
+    # False for a task rejoining after a restart or reconnect: its token was checked
+    # when it started.
+    check_expiry: bool = True
+
+
 class RoomConnector(Protocol):
-    async def join(
-        self,
-        *,
-        app_id: str,
-        room_id: str,
-        user_id: str,
-        token: str,
-        sends: frozenset[TrackKind],
-        check_expiry: bool = True,
-    ) -> RoomPublisher:
-        """Join as ``user_id`` announcing both an audio and a video track (so a later
-        change of what is sent needs no renegotiation by viewers), allowed by ``token``
-        to send ``sends``. ``check_expiry=False`` for a task rejoining after a restart
-        or reconnect: its token was checked when it started."""
+    async def join(self, request: JoinRequest) -> RoomPublisher:
+        """Join as the request's user, announcing both an audio and a video track (so a
+        later change of what is sent needs no renegotiation by viewers)."""
         ...
 
 
@@ -79,33 +83,26 @@ _PRIVILEGE_FOR_KIND = {
 }
 
 
-def check_publish_token(
-    app_key_for: AppKeyLookup,
-    *,
-    app_id: str,
-    room_id: str,
-    user_id: str,
-    token: str,
-    sends: frozenset[TrackKind],
-    check_expiry: bool,
-) -> None:
-    """What a real room checks before it lets a publisher in; JoinRefused if refused."""
-    app_key = app_key_for(app_id)
+def check_publish_token(app_key_for: AppKeyLookup, request: JoinRequest) -> str:
+    """What a real room checks before it lets a publisher in; JoinRefused if refused.
+    Returns the app's AppKey."""
+    app_key = app_key_for(request.app_id)
     if app_key is None:
-        raise JoinRefused(f"unknown AppId {app_id!r}", token_invalid=True)
+        raise JoinRefused(f"unknown AppId {request.app_id!r}", token_invalid=True)
     try:
-        for kind in sends:
+        for kind in request.sends:
             verify_token(
-                token,
-                app_id=app_id,
+                request.token,
+                app_id=request.app_id,
                 app_key=app_key,
-                room_id=room_id,
-                user_id=user_id,
+                room_id=request.room_id,
+                user_id=request.user_id,
                 privilege=_PRIVILEGE_FOR_KIND[kind],
-                check_expiry=check_expiry,
+                check_expiry=request.check_expiry,
             )
     except TokenError as exc:
         raise JoinRefused(str(exc), token_invalid=True) from exc
+    return app_key
 
 
 class EmbeddedPublisher:
@@ -141,27 +138,12 @@ class EmbeddedRoomConnector:
         self._rooms = rooms
         self._app_key_for = app_key_for
 
-    async def join(
-        self,
-        *,
-        app_id: str,
-        room_id: str,
-        user_id: str,
-        token: str,
-        sends: frozenset[TrackKind],
-        check_expiry: bool = True,
-    ) -> RoomPublisher:
-        check_publish_token(
-            self._app_key_for,
-            app_id=app_id,
-            room_id=room_id,
-            user_id=user_id,
-            token=token,
-            sends=sends,
-            check_expiry=check_expiry,
-        )
+    async def join(self, request: JoinRequest) -> RoomPublisher:
+        check_publish_token(self._app_key_for, request)
         try:
-            publication = self._rooms.publish(app_id, room_id, user_id, frozenset(TrackKind))
+            publication = self._rooms.publish(
+                request.app_id, request.room_id, request.user_id, frozenset(TrackKind)
+            )
         except UserAlreadyPublishing as exc:
             raise JoinRefused(str(exc), token_invalid=False) from exc
         return EmbeddedPublisher(publication)
@@ -175,22 +157,5 @@ class PerAppRoomConnector:
         self._default = default
         self._per_app = per_app
 
-    async def join(
-        self,
-        *,
-        app_id: str,
-        room_id: str,
-        user_id: str,
-        token: str,
-        sends: frozenset[TrackKind],
-        check_expiry: bool = True,
-    ) -> RoomPublisher:
-        connector = self._per_app.get(app_id, self._default)
-        return await connector.join(
-            app_id=app_id,
-            room_id=room_id,
-            user_id=user_id,
-            token=token,
-            sends=sends,
-            check_expiry=check_expiry,
-        )
+    async def join(self, request: JoinRequest) -> RoomPublisher:
+        return await self._per_app.get(request.app_id, self._default).join(request)

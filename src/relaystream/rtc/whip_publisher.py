@@ -24,7 +24,12 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from relaystream.rtc.ice import IceAddresses, use_ice_addresses
 from relaystream.rtc.keyframe_requests import KeyframeRequests, forward_keyframe_requests
-from relaystream.rtc.publisher import JoinRefused, RoomPublisher, check_publish_token
+from relaystream.rtc.publisher import (
+    JoinRefused,
+    JoinRequest,
+    RoomPublisher,
+    check_publish_token,
+)
 from relaystream.rtc.room import ForwardedTrack, TrackKind
 from relaystream.rtc.signaling import h264_only
 from relaystream.rtc.token import AppKeyLookup
@@ -190,29 +195,12 @@ class WhipRoomConnector:
         self._app_key_for = app_key_for
         self._ice_addresses = ice_addresses or IceAddresses()
 
-    async def join(
-        self,
-        *,
-        app_id: str,
-        room_id: str,
-        user_id: str,
-        token: str,
-        sends: frozenset[TrackKind],
-        check_expiry: bool = True,
-    ) -> RoomPublisher:
-        check_publish_token(
-            self._app_key_for,
-            app_id=app_id,
-            room_id=room_id,
-            user_id=user_id,
-            token=token,
-            sends=sends,
-            check_expiry=check_expiry,
-        )
+    async def join(self, request: JoinRequest) -> RoomPublisher:
+        check_publish_token(self._app_key_for, request)
         return await publish_with_whip(
             self._target,
-            app_id=app_id,
-            room_id=room_id,
-            user_id=user_id,
+            app_id=request.app_id,
+            room_id=request.room_id,
+            user_id=request.user_id,
             ice_addresses=self._ice_addresses,
         )

@@ -37,7 +37,7 @@ from relaystream.media.launcher import SpawnLauncher, WorkerLauncher
 from relaystream.media.process import MediaWorker, WorkerCrashed
 from relaystream.media.spec import PipelineSpec
 from relaystream.media.wire import EncodedPacket, MessageKind
-from relaystream.rtc.publisher import JoinRefused, RoomConnector, RoomPublisher
+from relaystream.rtc.publisher import JoinRefused, JoinRequest, RoomConnector, RoomPublisher
 from relaystream.rtc.room import TrackKind
 from relaystream.tasks.control import pipeline_fields
 from relaystream.tasks.model import RelayTask, StopReason
@@ -273,7 +273,7 @@ class RelayRun:
             await link.leave()
 
     async def _join(self, *, check_expiry: bool) -> RoomPublisher:
-        return await self._connector.join(
+        request = JoinRequest(
             app_id=self.task.key.app_id,
             room_id=self.task.key.room_id,
             user_id=self.task.user_id,
@@ -283,6 +283,7 @@ class RelayRun:
             # restart must not fail because the token has expired since.
             check_expiry=check_expiry,
         )
+        return await self._connector.join(request)
 
     async def _watch_room_link(self, link: RoomLink) -> RunOutcome:
         """Ends the run only when the room refuses to take the task back."""
