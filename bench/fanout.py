@@ -79,7 +79,7 @@ CONNECT_TIMEOUT_S = 30.0
 # --- the SFU process -------------------------------------------------------------------
 
 
-def load_annexb(clip: Path) -> tuple[list[EncodedPacket], int]:
+def load_annexb(clip: Path, frame_rate: int = CLIP.frame_rate) -> tuple[list[EncodedPacket], int]:
     """The clip's H.264 as the worker sends it in remux mode; and its length in 90 kHz."""
     packets: list[EncodedPacket] = []
     with av.open(str(clip)) as container:
@@ -92,7 +92,7 @@ def load_annexb(clip: Path) -> tuple[list[EncodedPacket], int]:
     # The worker stamps packets with the source's own clock: start the loop at 0.
     origin = packets[0].pts
     packets = [replace(packet, pts=packet.pts - origin) for packet in packets]
-    frame_ticks = round(90_000 / CLIP.frame_rate)
+    frame_ticks = round(90_000 / frame_rate)
     return packets, packets[-1].pts + frame_ticks
 
 

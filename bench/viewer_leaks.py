@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import collections
 import gc
-import itertools
 import json
 import os
 import sys
@@ -31,13 +30,11 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import av
 from aiohttp import web
 from tests.support.net import free_port
 
-from relaystream.media.pipeline import VideoRemuxer
+from bench.fanout import FeedStats, feed, load_annexb
 from relaystream.media.testsrc import ClipSpec, make_test_clip
-from relaystream.media.wire import VIDEO_CLOCK, EncodedPacket
 from relaystream.rtc.room import Publication, RoomRegistry, TrackKind
 from relaystream.rtc.token import Privilege, generate_token
 from relaystream.rtc.whep import WhepEndpoint
@@ -47,34 +44,6 @@ APP_KEY = "0123456789abcdef0123456789abcdef"
 ROOM_ID, PUBLISHER_ID = "leaks", "relay"
 CLIP = ClipSpec(duration_s=4.0, width=320, height=240, frame_rate=25, audio_codec=None)
 TRACKED_MODULES = ("aiortc", "aioice", "pyee", "relaystream", "pylibsrtp", "OpenSSL")
-
-
-def clip_packets(directory: Path) -> tuple[list[EncodedPacket], int]:
-    """The clip's H.264 as a remux worker sends it, and its length in 90 kHz ticks."""
-    clip = make_test_clip(directory / "clip.mp4", CLIP)
-    packets: list[EncodedPacket] = []
-    with av.open(str(clip)) as container:
-        stream = container.streams.video[0]
-        remuxer = VideoRemuxer(stream)
-        for packet in container.demux(stream):
-            packets.extend(remuxer.process(packet))
-    return packets, round(CLIP.duration_s * 90_000)
-
-
-async def feed(publication: Publication, packets: list[EncodedPacket], length: int) -> None:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    for loops in itertools.count():
-        for packet in packets:
-            pts = loops * length + packet.pts
-            delay = started + pts / 90_000 - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            out = av.Packet(packet.data)
-            out.pts = out.dts = pts
-            out.time_base = VIDEO_CLOCK
-            out.is_keyframe = packet.keyframe
-            publication.send(TrackKind.VIDEO, out)
 
 
 def resident_mib() -> float:
@@ -178,7 +147,8 @@ async def wait_until_idle(whep: WhepEndpoint, publication: Publication, timeout_
 
 async def run_probe(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as work:
-        packets, length = clip_packets(Path(work))
+        clip = make_test_clip(Path(work) / "clip.mp4", CLIP)
+        packets, length = load_annexb(clip, CLIP.frame_rate)
     rooms = RoomRegistry()
     whep = WhepEndpoint(rooms, lambda app_id: APP_KEY if app_id == APP_ID else None)
     publication = rooms.publish(APP_ID, ROOM_ID, PUBLISHER_ID, frozenset({TrackKind.VIDEO}))
@@ -188,7 +158,7 @@ async def run_probe(args: argparse.Namespace) -> None:
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    feeder = asyncio.create_task(feed(publication, packets, length))
+    feeder = asyncio.create_task(feed(publication, packets, length, FeedStats()))
     token = generate_token(
         app_id=APP_ID,
         app_key=APP_KEY,
