@@ -4,6 +4,7 @@ room, a WebRTC viewer decodes it, StopRelayStream ends it."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -98,17 +99,28 @@ async def test_remux_costs_a_fraction_of_a_transcode_of_the_same_source(
     for name in modes:
         await wait_for_status(rtc, room, name, 2)
 
-    async def cpu_seconds() -> dict[str, float]:
-        tasks = {name: await get_task(rtc, room, name) for name in modes}
-        return {name: task["Stats"]["WorkerCpuSeconds"] for name, task in tasks.items()}
+    async def fresh_cpu_seconds(name: str, previous: float | None) -> tuple[float, float]:
+        """The task's worker CPU seconds as soon as its stats report a new value, and
+        when: a worker reports every few seconds, so a reading taken at any moment could
+        be seconds old, and two such readings would not span the same time."""
+        deadline = time.monotonic() + 10
+        while True:
+            value = (await get_task(rtc, room, name))["Stats"]["WorkerCpuSeconds"]
+            if value != previous:
+                return value, time.monotonic()
+            assert time.monotonic() < deadline, f"{name}: no new stats within 10 s"
+            await asyncio.sleep(0.05)
 
     # Steady state only: process start-up (imports, probing) costs both the same.
     await asyncio.sleep(1)
-    before = await cpu_seconds()
-    await asyncio.sleep(6)
-    after = await cpu_seconds()
+    cpu_per_s = {}
+    for name in modes:
+        stale = (await get_task(rtc, room, name))["Stats"]["WorkerCpuSeconds"]
+        first, first_at = await fresh_cpu_seconds(name, stale)
+        await asyncio.sleep(5)
+        last, last_at = await fresh_cpu_seconds(name, first)
+        cpu_per_s[name] = (last - first) / (last_at - first_at)
     for name in modes:
         assert await call(rtc, "StopRelayStream", task_key(room, name)) == "ok"
-    cpu = {name: after[name] - before[name] for name in modes}
-    assert cpu["transcode"] > 0
-    assert cpu["remux"] < cpu["transcode"] / 4, cpu
+    assert cpu_per_s["transcode"] > 0
+    assert cpu_per_s["remux"] < cpu_per_s["transcode"] / 4, cpu_per_s
